@@ -165,7 +165,7 @@ def test_pickle_format(pickle_dir):
 def test_cache_is_reused(archive, tmp_path, monkeypatch):
     first = load_cifar10(archive, cache_dir=tmp_path)
     cached = list(tmp_path.glob("*.npz"))
-    assert len(cached) == 1 and not list(tmp_path.glob("*.tmp"))
+    assert len(cached) == 1 and not list(tmp_path.glob("*.tmp"))  # (a .lock file may stay)
 
     def no_decode(*a, **k):
         raise AssertionError("decoded again although a cache exists")
@@ -329,6 +329,26 @@ def test_plain_loop_runs(archive, tmp_path):
     res = run_plain((t(arrays["x_train"]), t(arrays["y_train"])), (t(arrays["x_test"]), t(arrays["y_test"])), 10,
                     torch.device("cpu"), epochs=1, width=4, batch_size=8, channels_last=False)
     assert len(res["epoch_seconds"]) == 1 and 0.0 <= res["test_acc"] <= 1.0
+
+
+def test_fit_with_bninit_in_process(archive, tmp_path):
+    bninit = pytest.importorskip("lightning_bninit")
+    import lightning.pytorch as pl
+
+    pl.seed_everything(1, verbose=False)
+    model = CIFARClassifier(width=4)
+    dm = CIFAR10DataModule(str(archive), batch_size=8, cache_dir=str(tmp_path))
+    cb = bninit.BNInit(input_norm=True)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path, callbacks=[cb])
+    trainer.fit(model, datamodule=dm)
+    norm = bninit.input_norm.find_input_norm(model)
+    assert norm is not None and norm.num_features == 3 and not norm.bias.requires_grad
+    assert len(cb.layer_names) == 21  # 20 in the ResNet-18 + the input BN
+    assert abs(model.net.bn1.weight.mean().item() - 0.1) < 0.01  # moved little from 0.1 with lr/100
+    (res,) = trainer.test(model, datamodule=dm, verbose=False)
+    assert set(res) >= {"test_acc", "test_loss"}
 
 
 def _bninit_cli_available() -> bool:

@@ -18,6 +18,7 @@ with fixed CIFAR-10 mean/std when the input BN of BNInit is not used). There are
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import lzma
@@ -113,10 +114,17 @@ def load_cifar10(
         if arrays is not None:
             _check_classes(arrays["classes"], num_classes, p)
             return arrays
-    arrays = _decode_archive(p) if fmt == "archive" else _decode_folder(p)
-    _check_classes(arrays["classes"], num_classes, p)
-    if use_cache and cache_file is not None:
-        _write_cache(cache_file, arrays)
+    with _decode_lock(cache_file if use_cache else None):
+        # Parallel runs starting together: the first decodes, the others wait and then read its cache.
+        if use_cache and cache_file is not None and cache_file.is_file():
+            arrays = _read_cache(cache_file)
+            if arrays is not None:
+                _check_classes(arrays["classes"], num_classes, p)
+                return arrays
+        arrays = _decode_archive(p) if fmt == "archive" else _decode_folder(p)
+        _check_classes(arrays["classes"], num_classes, p)
+        if use_cache and cache_file is not None:
+            _write_cache(cache_file, arrays)
     return arrays
 
 
@@ -300,6 +308,31 @@ def _cache_path(path: Path, key: str, cache_dir: str | os.PathLike | None) -> Pa
     if _writable_dir(beside):
         return beside / name
     return default_cache_dir() / name
+
+
+@contextlib.contextmanager
+def _decode_lock(cache_file: Path | None) -> Iterator[None]:
+    """An exclusive advisory lock (POSIX ``flock``) beside the cache file; a no-op where unavailable."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None  # type: ignore[assignment]
+    fh = None
+    if cache_file is not None and fcntl is not None:
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(cache_file.with_name(cache_file.name + ".lock"), "a")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError:
+            if fh is not None:
+                fh.close()
+            fh = None
+    try:
+        yield
+    finally:
+        if fh is not None:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
 
 
 def _read_cache(cache_file: Path) -> _Arrays | None:
