@@ -56,7 +56,7 @@ def run_lightning(args, device: torch.device, seed: int) -> list[float]:
         warnings.warn("lightning_bninit.BNInit not importable: timing Lightning without the callback")
     pl.seed_everything(seed, verbose=False)
     model = CIFARClassifier(width=args.width, lr=0.1, weight_decay=5e-4, channels_last=not args.no_channels_last,
-                            compile=args.compile or False)
+                            compile=args.compile or False, fused=args.fused)
     dm = CIFAR10DataModule(args.data_path, batch_size=args.batch_size, subset=args.subset,
                            test_subset=args.test_subset, channels_last=not args.no_channels_last)
     trainer = pl.Trainer(
@@ -83,6 +83,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--c", type=float, default=100.0)
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--compile", default="", help="torch.compile mode for both sides ('' = off, 'default', ...)")
+    ap.add_argument("--fused", action="store_true", help="SGD(fused=True) on both sides")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -96,14 +97,14 @@ def main(argv=None) -> dict:
     for r in range(args.repeats):
         res = run_plain(train, test, nc, device, args.epochs, args.width, args.batch_size, init_scale=args.init_scale,
                         c=args.c, seed=r + 1, channels_last=not args.no_channels_last, compile=args.compile,
-                        evaluate=False)
+                        evaluate=False, fused=args.fused)
         plain_s += res["epoch_seconds"][1:]
         light_s += run_lightning(args, device, seed=r + 1)[1:]
         print(f"repeat {r}: plain {plain_s[-1]:.3f} s/epoch, lightning {light_s[-1]:.3f} s/epoch", file=sys.stderr)
     out = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "subset": args.subset, "width": args.width, "batch_size": args.batch_size,
-        "compile": args.compile, "plain_s_per_epoch": statistics.median(plain_s),
+        "compile": args.compile, "fused": args.fused, "plain_s_per_epoch": statistics.median(plain_s),
         "lightning_bninit_s_per_epoch": statistics.median(light_s), "plain_all": plain_s, "lightning_all": light_s,
     }
     out["ratio"] = out["lightning_bninit_s_per_epoch"] / out["plain_s_per_epoch"]

@@ -88,13 +88,14 @@ def run_plain(
     train: tuple, test: tuple, num_classes: int, device: torch.device, epochs: int = 1, width: int = 64,
     batch_size: int = 128, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
     init_scale: float = 0.1, c: float = 100.0, seed: int = 1, channels_last: bool = True,
-    compile: bool | str = False, bf16: Optional[bool] = None, evaluate: bool = True,
+    compile: bool | str = False, bf16: Optional[bool] = None, evaluate: bool = True, fused: bool = False,
 ) -> dict:
     """Train ``epochs`` epochs; return seconds per epoch (synchronised) and the test accuracy."""
     torch.manual_seed(seed)
     bf16 = (device.type == "cuda") if bf16 is None else bf16
     model = InputBNNet(cifar_resnet18(num_classes, width), init_scale).to(device)
-    opt = torch.optim.SGD(param_groups(model, lr, weight_decay, c, init_scale), lr=lr, momentum=momentum)
+    opt = torch.optim.SGD(param_groups(model, lr, weight_decay, c, init_scale), lr=lr, momentum=momentum,
+                          **({"fused": True} if fused else {}))
     batches = DeviceBatches(*train, batch_size=batch_size, train=True, seed=seed, channels_last=channels_last)
     total = epochs * len(batches)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, total))
@@ -143,6 +144,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--compile", default="", help="torch.compile mode ('' = off, 'default', 'max-autotune-no-cudagraphs', ...)")
+    ap.add_argument("--fused", action="store_true", help="SGD(fused=True)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     a = ap.parse_args(argv)
     if a.threads:
@@ -151,7 +153,7 @@ def main(argv=None) -> dict:
     train, test, nc = load_tensors(a.data_path, a.subset, a.test_subset, device)
     compile_mode: bool | str = (True if a.compile == "default" else a.compile) or False
     res = run_plain(train, test, nc, device, a.epochs, a.width, a.batch_size, a.lr, 0.9, a.weight_decay,
-                    a.init_scale, a.c, a.seed, not a.no_channels_last, compile_mode)
+                    a.init_scale, a.c, a.seed, not a.no_channels_last, compile_mode, fused=a.fused)
     res["median_epoch_seconds"] = statistics.median(res["epoch_seconds"][1:] or res["epoch_seconds"])
     res["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(json.dumps(res))

@@ -336,7 +336,7 @@ def test_fit_with_bninit_in_process(archive, tmp_path):
     import lightning.pytorch as pl
 
     pl.seed_everything(1, verbose=False)
-    model = CIFARClassifier(width=4)
+    model = CIFARClassifier(width=4, fused=True)  # fused SGD under BNInit's per-step group split
     dm = CIFAR10DataModule(str(archive), batch_size=8, cache_dir=str(tmp_path))
     cb = bninit.BNInit(input_norm=True)
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, logger=False,

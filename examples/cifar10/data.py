@@ -621,3 +621,32 @@ class CIFAR10DataModule(LightningDataModule):
 
     def test_dataloader(self) -> DeviceBatches:
         return self._batches("test", train=False)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> None:
+    """``python examples/cifar10/data.py [PATH]``: decode (or read the cache) once and print statistics."""
+    import argparse
+    import time
+
+    ap = argparse.ArgumentParser(description="Decode CIFAR-10 once into the uint8 cache and print statistics.")
+    ap.add_argument("path", nargs="?", default=None, help="data path (default: auto-detected)")
+    ap.add_argument("--cache-dir", default=None)
+    a = ap.parse_args(argv)
+    path = find_data_path(a.path)
+    t0 = time.perf_counter()
+    arrays = load_cifar10(path, cache_dir=a.cache_dir)
+    dt = time.perf_counter() - t0
+    x = arrays["x_train"].reshape(-1, 3)
+    mean = x.mean(0) / 255
+    std = np.sqrt((x.astype(np.float64) ** 2).mean(0) / 255**2 - mean**2)
+    fmt = detect_format(path)
+    key = _archive_key(path) if fmt == "archive" else (_folder_key(path) if fmt == "folder" else None)
+    print(f"{path} ({fmt}): train {arrays['x_train'].shape}, test {arrays['x_test'].shape}, "
+          f"classes {arrays['classes']}")
+    print(f"train mean {np.round(mean, 4).tolist()} std {np.round(std, 4).tolist()}; loaded in {dt:.1f} s")
+    if key is not None:
+        print(f"cache: {_cache_path(path, key, a.cache_dir)}")
+
+
+if __name__ == "__main__":
+    _main()

@@ -59,8 +59,8 @@ class CIFARCLI(_CLI):  # type: ignore[misc,valid-type]
 
 
 def main(args=None, run: bool = True):
-    return CIFARCLI(CIFARClassifier, CIFAR10DataModule, args=args, run=run,
-                    save_config_kwargs={"overwrite": True})
+    # No config.yaml is written: runs of `bninit compare --parallel` share a working directory.
+    return CIFARCLI(CIFARClassifier, CIFAR10DataModule, args=args, run=run, save_config_callback=None)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,8 @@ class CIFARClassifier(LightningModule):
         nesterov: Nesterov momentum.
         channels_last: keep weights and inputs in channels-last memory format (faster convs on GPU).
         compile: ``torch.compile`` the network: False, True (default mode) or a mode string such as
-            ``"max-autotune-no-cudagraphs"``.
+            ``"max-autotune-no-cudagraphs"`` or ``"reduce-overhead"`` (CUDA graphs).
+        fused: use SGD's fused kernel (``torch.optim.SGD(fused=True)``) instead of the foreach one.
     """
 
     def __init__(
@@ -89,6 +90,7 @@ class CIFARClassifier(LightningModule):
         nesterov: bool = False,
         channels_last: bool = False,
         compile: Union[bool, str] = False,
+        fused: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -149,7 +151,7 @@ class CIFARClassifier(LightningModule):
     def configure_optimizers(self):
         opt = torch.optim.SGD(
             self.param_groups(), lr=self.hparams.lr, momentum=self.hparams.momentum,
-            nesterov=self.hparams.nesterov,
+            nesterov=self.hparams.nesterov, **({"fused": True} if self.hparams.fused else {}),
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cosine(step, total))
