@@ -53,9 +53,11 @@ def attach_input_norm(module: nn.Module, num_channels: int, init_scale: float) -
     norm = InputNorm(num_channels)
     reset_bn_(norm, init_scale * RELU_STD)
     norm.bias.requires_grad_(False)
-    reference = next(module.parameters(), None)
+    # Match the module's device and float dtype: a checkpoint loaded into a float32 layer of a float64 model (before
+    # Lightning converts precision) would be rounded.
+    reference = next((p for p in module.parameters() if p.is_floating_point()), None)
     if reference is not None:
-        norm.to(device=reference.device)
+        norm.to(device=reference.device, dtype=reference.dtype)
     module.add_module(ATTRIBUTE, norm)
     module.register_forward_pre_hook(_normalize_first_arg, with_kwargs=True)
     return norm
