@@ -27,8 +27,15 @@ class InputNorm(_BatchNorm):
             raise ValueError(f"InputNorm expects an input of shape (N, C, ...), got shape {tuple(input.shape)}.")
 
 
-def _normalize_first_arg(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+def _normalize_first_arg(
+    module: nn.Module, args: tuple, kwargs: dict[str, Any]
+) -> tuple[tuple, dict[str, Any]] | None:
     # A module-level function (not a closure) so that the hook survives pickling and deepcopy of the model.
+    patched = module.__dict__.get("forward")
+    if patched is not None and getattr(patched, "__func__", None) is not type(module).forward:
+        # Lightning's forward redirection (DDP, FSDP, DeepSpeed) patches `forward` and calls the module with the
+        # batch to reach `training_step`; the real forward, called from there, is normalized.
+        return None
     if not args or not isinstance(args[0], torch.Tensor):
         raise ValueError(
             f"BNInit(input_norm=...) normalizes the first positional argument of {type(module).__name__}.forward, "
