@@ -285,3 +285,9 @@ def test_resume_with_other_settings_warns_and_keeps_the_current_ones(tmp_path) -
             Classifier(tiny_net(), SGD), loader(dataset(dtype=torch.float32)), ckpt_path=tmp_path / "a.ckpt"
         )
     assert callback.scale_lr_divisor == 10
+
+
+def test_input_norm_is_treated_whatever_include_says() -> None:
+    callback = BNInit(input_norm=True, include="net.1")
+    fit(Classifier(tiny_net(), SGD), callback, limit_train_batches=0)
+    assert callback.layer_names == ["bninit_input_norm", "net.1"]
