@@ -144,17 +144,19 @@ class BNInit(Callback):
             self._attach_input_norm(pl_module)
         if stage != "fit":
             return
-        layers = find_bn_layers(pl_module, self.include, self.exclude)
+        input_norm = find_input_norm(self._input_module(pl_module)) if self.input_norm else None
+        input_names = [n for n, m in pl_module.named_modules() if input_norm is not None and m is input_norm]
+        layers = find_bn_layers(pl_module, self.include, (*self.exclude, *input_names))
         if not layers:
             rank_zero_warn(
                 f"BNInit found no batch-norm layer with affine parameters in {type(pl_module).__name__}"
                 f"{' matching include/exclude' if self.include or self.exclude else ''}; training continues unchanged."
             )
-        input_norms = {name for name, bn in layers.items() if bn is find_input_norm(self._input_module(pl_module))}
-        report = init_bn_(
-            pl_module, self.init_scale, include=self.include,
-            exclude=(*self.exclude, *input_norms), force=self.force,
-        )
+        report = init_bn_(pl_module, self.init_scale, include=self.include, exclude=(*self.exclude, *input_names),
+                          force=self.force)
+        # The input BN, asked for explicitly, is always treated (first, in network order); attach_input_norm already
+        # set its values.
+        layers = {**{name: input_norm for name in input_names}, **layers}
         already = [n for n in report.not_default if _is_at(layers[n], self.init_scale)]
         pretrained = [n for n in report.not_default if n not in already]
         if pretrained:

@@ -27,8 +27,15 @@ class InputNorm(_BatchNorm):
             raise ValueError(f"InputNorm expects an input of shape (N, C, ...), got shape {tuple(input.shape)}.")
 
 
-def _normalize_first_arg(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+def _normalize_first_arg(
+    module: nn.Module, args: tuple, kwargs: dict[str, Any]
+) -> tuple[tuple, dict[str, Any]] | None:
     # A module-level function (not a closure) so that the hook survives pickling and deepcopy of the model.
+    patched = module.__dict__.get("forward")
+    if patched is not None and getattr(patched, "__func__", None) is not type(module).forward:
+        # Lightning's forward redirection (DDP, FSDP, DeepSpeed) patches `forward` and calls the module with the
+        # batch to reach `training_step`; the real forward, called from there, is normalized.
+        return None
     if not args or not isinstance(args[0], torch.Tensor):
         raise ValueError(
             f"BNInit(input_norm=...) normalizes the first positional argument of {type(module).__name__}.forward, "
@@ -53,9 +60,11 @@ def attach_input_norm(module: nn.Module, num_channels: int, init_scale: float) -
     norm = InputNorm(num_channels)
     reset_bn_(norm, init_scale * RELU_STD)
     norm.bias.requires_grad_(False)
-    reference = next(module.parameters(), None)
+    # Match the module's device and float dtype: a checkpoint loaded into a float32 layer of a float64 model (before
+    # Lightning converts precision) would be rounded.
+    reference = next((p for p in module.parameters() if p.is_floating_point()), None)
     if reference is not None:
-        norm.to(device=reference.device)
+        norm.to(device=reference.device, dtype=reference.dtype)
     module.add_module(ATTRIBUTE, norm)
     module.register_forward_pre_hook(_normalize_first_arg, with_kwargs=True)
     return norm

@@ -45,18 +45,24 @@ class Classifier(pl.LightningModule):
         net: nn.Module,
         make_optimizer: OptimizerFactory,
         make_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        grouped: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.net = net
         self.make_optimizer = make_optimizer
         self.make_scheduler = make_scheduler
+        self.grouped = grouped
+        self.inf_at: set[int] = set()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
+        loss = nn.functional.cross_entropy(self(x), y)
+        if self.global_step in self.inf_at:
+            loss = loss * float("inf")  # makes a GradScaler skip this step
+        return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
@@ -69,7 +75,9 @@ class Classifier(pl.LightningModule):
         return self(batch[0])
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.make_optimizer(self.parameters())
+        # ``grouped``: the hand-built reference, bn_param_groups(lr=..., weight_decay=..., scale_lr_divisor=...).
+        params = self.parameters() if self.grouped is None else bn_param_groups(self, **self.grouped)
+        optimizer = self.make_optimizer(params)
         if self.make_scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.make_scheduler(optimizer), "interval": "step"}}

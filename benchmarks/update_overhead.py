@@ -1,0 +1,124 @@
+"""What the revised update adds to a training step: CIFAR ResNet-18, batch 128, with vs. without BNInit.
+
+Two measurements:
+
+1. A/B, interleaved: the same Lightning training run with ``BNInit`` and without it, alternating arms, timing each
+   training step (forward, backward, optimizer step) from ``on_train_batch_start`` to ``on_train_batch_end`` after a
+   warm-up; the ratio of the medians is printed.
+2. The callback's own work per step (splitting the param groups before ``optimizer.step`` and restoring them after),
+   timed in isolation over many repetitions: a precise bound on the Python overhead, which run-to-run noise in (1)
+   can hide.
+
+Usage::
+
+    python benchmarks/update_overhead.py                        # CPU, small defaults
+    python benchmarks/update_overhead.py --device cuda --steps 60 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from examples.cifar10.model import cifar_resnet18  # noqa: E402
+
+from lightning_bninit import BNInit  # noqa: E402
+from lightning_bninit.layers import find_bn_layers, param_roles  # noqa: E402
+from lightning_bninit.update import GroupSplitter  # noqa: E402
+
+
+class Net(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = cifar_resnet18()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        return {"optimizer": opt,
+                "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, 1000), "interval": "step"}}
+
+
+class StepTimer(pl.Callback):
+    def __init__(self, warmup: int, sync: bool) -> None:
+        self.warmup, self.sync, self.times, self._t0 = warmup, sync, [], 0.0
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        if self.sync:
+            torch.cuda.synchronize()
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self.sync:
+            torch.cuda.synchronize()
+        if trainer.global_step > self.warmup:
+            self.times.append(time.perf_counter() - self._t0)
+
+
+def one_run(with_callback: bool, args: argparse.Namespace, data: DataLoader) -> list[float]:
+    torch.manual_seed(0)
+    timer = StepTimer(args.warmup, args.device == "cuda")
+    callbacks: list[pl.Callback] = [timer] + ([BNInit(monitor=False)] if with_callback else [])
+    trainer = pl.Trainer(accelerator=args.device, devices=1, max_steps=args.steps + args.warmup, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         precision=args.precision, callbacks=callbacks)
+    trainer.fit(Net(), data)
+    return timer.times
+
+
+def split_cost(args: argparse.Namespace, reps: int = 2000) -> float:
+    model = Net().to(args.device)
+    opt = model.configure_optimizers()["optimizer"]
+    splitter = GroupSplitter(param_roles(find_bn_layers(model).values()), 100.0, True)
+    splitter.split(opt), splitter.restore(opt)
+    start = time.perf_counter()
+    for _ in range(reps):
+        splitter.split(opt)
+        splitter.restore(opt)
+    return (time.perf_counter() - start) / reps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default=None, help="default: 32-true on CPU, bf16-mixed on CUDA")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per arm, interleaved")
+    args = parser.parse_args()
+    args.precision = args.precision or ("bf16-mixed" if args.device == "cuda" else "32-true")
+    torch.set_float32_matmul_precision("high")
+
+    n = args.batch_size * (args.steps + args.warmup)
+    ds = TensorDataset(torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,)))
+    data = DataLoader(ds, batch_size=args.batch_size, drop_last=True)
+    medians: dict[bool, list[float]] = {False: [], True: []}
+    for r in range(args.repeats):
+        for arm in ((False, True) if r % 2 == 0 else (True, False)):
+            medians[arm].append(statistics.median(one_run(arm, args, data)))
+            print(f"run {r} {'BNInit' if arm else 'plain '}: median step {medians[arm][-1] * 1e3:.2f} ms", flush=True)
+    base, treated = statistics.median(medians[False]), statistics.median(medians[True])
+    cost = split_cost(args)
+    print(f"\ndevice={args.device} precision={args.precision} batch={args.batch_size} torch={torch.__version__}")
+    print(f"median step without BNInit: {base * 1e3:.2f} ms")
+    print(f"median step with BNInit:    {treated * 1e3:.2f} ms")
+    print(f"ratio (with / without):     {treated / base:.4f}")
+    print(f"group split + restore:      {cost * 1e6:.1f} us per step = {cost / base:.4%} of a step")
+
+
+if __name__ == "__main__":
+    main()
