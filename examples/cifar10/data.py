@@ -360,6 +360,7 @@ def _write_cache(cache_file: Path, arrays: _Arrays) -> None:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, x_train=arrays["x_train"], y_train=arrays["y_train"], x_test=arrays["x_test"],
                      y_test=arrays["y_test"], classes=np.asarray(arrays["classes"]))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is meant to be shared
         os.replace(tmp, cache_file)
     except BaseException:
         try:
