@@ -381,3 +381,18 @@ def test_cli_fit_and_test(archive, tmp_path, bninit):
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(rows) == 1 and 0.0 <= rows[0]["test_acc"] <= 1.0 and rows[0]["test_loss"] > 0
     assert rows[0]["seed"] == 1
+
+
+REAL_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
+
+
+@pytest.mark.skipif(not REAL_ARCHIVE.is_file() or os.environ.get("BNINIT_TEST_REAL_CIFAR") != "1",
+                    reason="opt-in (BNINIT_TEST_REAL_CIFAR=1) and needs shared/data/cifar10-jpeg.tar.xz; "
+                           "decoding takes ~13 s once, then the cache is read")
+def test_real_archive_decodes():
+    d = load_cifar10(REAL_ARCHIVE)
+    assert d["x_train"].shape == (50000, 32, 32, 3) and d["x_test"].shape == (10000, 32, 32, 3)
+    assert d["classes"] == list(CIFAR10_CLASSES)
+    assert np.bincount(d["y_train"]).tolist() == [5000] * 10 and np.bincount(d["y_test"]).tolist() == [1000] * 10
+    mean = d["x_train"].reshape(-1, 3).mean(0) / 255
+    np.testing.assert_allclose(mean, [0.4913, 0.4821, 0.4465], atol=2e-4)
