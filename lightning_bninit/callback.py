@@ -1,0 +1,315 @@
+"""The ``BNInit`` callback: wiring of the pure pieces into Lightning's hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim import Optimizer
+from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
+
+from lightning_bninit.init import init_bn_
+from lightning_bninit.input_norm import RELU_STD, attach_input_norm, find_input_norm, infer_input_channels
+from lightning_bninit.layers import find_bn_layers, is_materialized, param_roles
+from lightning_bninit.settings import check_init_scale, check_patterns, check_scale_lr_divisor
+from lightning_bninit.update import GroupSplitter, is_separable, unsupported_optimizer_message
+
+PatternArg = Union[str, Sequence[str], None]
+
+
+@dataclass
+class _StepHooks:
+    handles: list[RemovableHandle] = field(default_factory=list)
+    in_step: bool = False
+    armed: bool = False
+
+
+class BNInit(Callback):
+    r"""Revisiting Batch Norm Initialization (Davis & Frank, ECCV 2022) for any Lightning training run.
+
+    At ``setup`` of ``fit`` every batch-norm layer gets scale ``init_scale`` and shift 0. At each optimizer step, BN
+    scales move by exactly what the user's optimizer would move them with its learning rate divided by
+    ``scale_lr_divisor``, and BN scales and shifts get no weight decay. The user's model, ``configure_optimizers``
+    and LR schedulers stay as they are: the result equals an optimizer built with
+    :func:`~lightning_bninit.bn_param_groups` (three param groups), to float round-off.
+
+    Args:
+        init_scale: the initial BN scale (gamma), a finite number > 0. The paper suggests 0.1; 1.0 is PyTorch's
+            default.
+        scale_lr_divisor: ``c`` in the paper: BN scales step with the optimizer's learning rate divided by this
+            finite number >= 1. 100 in the paper; 1 keeps the optimizer's learning rate.
+        exempt_weight_decay: give BN scales and shifts no weight decay (coupled, as in SGD/Adam/RMSprop, or
+            decoupled, as in AdamW).
+        input_norm: add a BN layer on the raw input (scale ``init_scale * 0.58``, shift frozen at 0). ``True``
+            normalizes the first argument of the LightningModule's own ``forward``; a string names the submodule
+            (qualified name, e.g. ``"net"``) whose ``forward`` receives the images. The layer is registered in that
+            module, so it is saved in checkpoints and trained by the user's optimizer.
+        input_channels: channels of the input for ``input_norm``; by default from ``example_input_array`` or the
+            first conv/linear layer of the normalized module.
+        include: glob patterns (``fnmatch``) or compiled regular expressions on qualified module names
+            (``"model.layer1.*"``); when given, only matching BN layers are treated.
+        exclude: patterns of BN layers to leave entirely alone.
+        force: re-initialize BN layers even when their parameters are not at PyTorch's default (scale 1, shift 0).
+            By default such layers look pretrained: their values are kept (with one warning that lists them), and
+            they still get the revised update.
+        separable_optimizers: optimizer classes, beyond PyTorch's own, whose ``step`` updates each param group
+            independently; only for these can the update be applied exactly.
+
+    Raises:
+        ValueError: for an ``init_scale`` that is not a finite number > 0, a ``scale_lr_divisor`` that is not a
+            finite number >= 1, or a pattern that is neither a string nor a compiled ``re.Pattern``.
+        TypeError: at the start of fit, for an optimizer holding BN parameters whose update cannot be applied exactly
+            (the message names it and the ways out).
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning_bninit import BNInit
+
+        trainer = Trainer(callbacks=[BNInit()])  # init_scale=0.1, scale_lr_divisor=100
+        trainer.fit(model)
+    """
+
+    def __init__(
+        self,
+        init_scale: float = 0.1,
+        scale_lr_divisor: float = 100.0,
+        exempt_weight_decay: bool = True,
+        input_norm: Union[bool, str] = False,
+        input_channels: Union[int, None] = None,
+        include: PatternArg = None,
+        exclude: PatternArg = None,
+        force: bool = False,
+        separable_optimizers: Sequence[type] = (),
+    ) -> None:
+        self.init_scale = check_init_scale(init_scale)
+        self.scale_lr_divisor = check_scale_lr_divisor(scale_lr_divisor)
+        self.exempt_weight_decay = bool(exempt_weight_decay)
+        if not isinstance(input_norm, (bool, str)):
+            raise ValueError(
+                f"input_norm must be True, False or the qualified name of a submodule, got "
+                f"{type(input_norm).__name__}: {input_norm!r}."
+            )
+        self.input_norm = input_norm
+        if input_channels is not None and (isinstance(input_channels, bool) or not isinstance(input_channels, int)
+                                           or input_channels < 1):
+            raise ValueError(f"input_channels must be a positive int or None, got {input_channels!r}.")
+        self.input_channels = input_channels
+        self.include = check_patterns(include, "include")
+        self.exclude = check_patterns(exclude, "exclude")
+        self.force = bool(force)
+        self.separable_optimizers = tuple(separable_optimizers)
+
+        self._layer_names: list[str] = []
+        self._initial: dict[str, dict[str, torch.Tensor]] = {}
+        self._splitter: GroupSplitter | None = None
+        self._hooks: dict[int, _StepHooks] = {}
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The callback's settings, as plain values (saved in checkpoints and logged as run config)."""
+        return {
+            "init_scale": self.init_scale,
+            "scale_lr_divisor": self.scale_lr_divisor,
+            "exempt_weight_decay": self.exempt_weight_decay,
+            "input_norm": self.input_norm,
+            "include": [getattr(p, "pattern", p) for p in self.include],
+            "exclude": [getattr(p, "pattern", p) for p in self.exclude],
+            "force": self.force,
+        }
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Qualified names of the BN layers this callback treats, in network order (after ``setup``)."""
+        return list(self._layer_names)
+
+    @property
+    def initial_values(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Per layer, the ``"scale"`` and ``"shift"`` at the start of fit (kept across a resume)."""
+        return self._initial
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # The input BN is structure, not initialization: it is added for every stage so that a checkpoint trained
+        # with it loads for validate/test/predict too. Only fit touches existing weights.
+        if self.input_norm:
+            self._attach_input_norm(pl_module)
+        if stage != "fit":
+            return
+        layers = find_bn_layers(pl_module, self.include, self.exclude)
+        if not layers:
+            rank_zero_warn(
+                f"BNInit found no batch-norm layer with affine parameters in {type(pl_module).__name__}"
+                f"{' matching include/exclude' if self.include or self.exclude else ''}; training continues unchanged."
+            )
+        input_norms = {name for name, bn in layers.items() if bn is find_input_norm(self._input_module(pl_module))}
+        report = init_bn_(
+            pl_module, self.init_scale, include=self.include,
+            exclude=(*self.exclude, *input_norms), force=self.force,
+        )
+        already = [n for n in report.not_default if _is_at(layers[n], self.init_scale)]
+        pretrained = [n for n in report.not_default if n not in already]
+        if pretrained:
+            rank_zero_warn(
+                f"BNInit left the values of {len(pretrained)} BN layer(s) alone because they are not at PyTorch's "
+                f"default (scale 1, shift 0) and look pretrained or already initialized: {', '.join(pretrained)}. "
+                "They still get the revised update. Pass BNInit(force=True) to re-initialize them too."
+            )
+        trainable = {n: bn for n, bn in layers.items() if n not in report.frozen}
+        self._layer_names = list(trainable)
+        self._initial = {n: _snapshot(bn) for n, bn in trainable.items() if is_materialized(bn)}
+        self._splitter = GroupSplitter(
+            param_roles(trainable.values()), self.scale_lr_divisor, self.exempt_weight_decay
+        )
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._splitter is None:
+            return
+        for optimizer in trainer.optimizers:
+            if not self._splitter.holds_bn_params(optimizer) or id(optimizer) in self._hooks:
+                continue
+            if not is_separable(optimizer, self.separable_optimizers):
+                raise TypeError(unsupported_optimizer_message(optimizer))
+            self._hooks[id(optimizer)] = _StepHooks(handles=[
+                optimizer.register_step_pre_hook(self._pre_step),
+                optimizer.register_step_post_hook(self._post_step),
+            ])
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
+        if isinstance(optimizer, LightningOptimizer):
+            optimizer = optimizer.optimizer
+        hooks = self._hooks.get(id(optimizer))
+        if hooks is None or self._splitter is None:
+            return
+        if hooks.in_step:
+            # Plain and bf16 precision: this hook runs inside optimizer.step(closure), after the closure and before
+            # the update, so the split takes effect for this step and the post-step hook undoes it.
+            self._splitter.split(optimizer)
+        else:
+            # AMP with a GradScaler: the step comes later, and only if the gradients are finite. The pre-step hook
+            # splits then; a skipped step leaves nothing to undo.
+            hooks.armed = True
+
+    def _pre_step(self, optimizer: Optimizer, args: tuple, kwargs: dict[str, Any]) -> None:
+        hooks = self._hooks[id(optimizer)]
+        hooks.in_step = True
+        if hooks.armed and self._splitter is not None:
+            self._splitter.split(optimizer)
+
+    def _post_step(self, optimizer: Optimizer, args: tuple, kwargs: dict[str, Any]) -> None:
+        hooks = self._hooks[id(optimizer)]
+        hooks.in_step = hooks.armed = False
+        if self._splitter is not None:
+            self._splitter.restore(optimizer)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        for hooks in self._hooks.values():
+            hooks.armed = False
+        if len(self._initial) < len(self._layer_names):
+            self._record_lazy_initial_values(pl_module)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._release(trainer)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._release(trainer)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        # Plain containers of str/float/bool and tensors only: loadable with torch.load(weights_only=True).
+        return {
+            "settings": self.settings,
+            "layers": list(self._layer_names),
+            "initial": {name: {k: v.detach().cpu() for k, v in vals.items()} for name, vals in self._initial.items()},
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("settings", {})
+        changed = {k: (v, self.settings[k]) for k, v in saved.items() if k in self.settings and self.settings[k] != v}
+        if changed:
+            rank_zero_warn(
+                "BNInit is resuming from a checkpoint made with other settings; continuing with the current ones: "
+                + ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            )
+        # The values at the start of the original fit, so drift stays relative to them after a resume.
+        self._initial = {name: dict(vals) for name, vals in state_dict.get("initial", {}).items()}
+
+    def _release(self, trainer: pl.Trainer) -> None:
+        for optimizer in trainer.optimizers:
+            if self._splitter is not None:
+                self._splitter.restore(optimizer)
+        for hooks in self._hooks.values():
+            for handle in hooks.handles:
+                handle.remove()
+        self._hooks.clear()
+
+    def _input_module(self, pl_module: pl.LightningModule) -> torch.nn.Module:
+        if isinstance(self.input_norm, str):
+            try:
+                return pl_module.get_submodule(self.input_norm)
+            except AttributeError as err:
+                names = [n for n, _ in pl_module.named_children()]
+                raise ValueError(
+                    f"BNInit(input_norm={self.input_norm!r}): {type(pl_module).__name__} has no submodule of that "
+                    f"name; pass True for the LightningModule's own forward or one of its submodules, e.g. {names}."
+                ) from err
+        return pl_module
+
+    def _attach_input_norm(self, pl_module: pl.LightningModule) -> None:
+        module = self._input_module(pl_module)
+        if find_input_norm(module) is not None:
+            return
+        channels = self.input_channels
+        if channels is None:
+            channels = infer_input_channels(module, getattr(pl_module, "example_input_array", None))
+            if channels is None:
+                raise ValueError(
+                    f"BNInit(input_norm={self.input_norm!r}) cannot tell how many channels the input of "
+                    f"{type(module).__name__} has: set BNInit(input_channels=...) or the LightningModule's "
+                    "example_input_array."
+                )
+            rank_zero_info(f"BNInit: input BN on {type(module).__name__} with {channels} channels.")
+        attach_input_norm(module, channels, self.init_scale)
+
+    def _record_lazy_initial_values(self, pl_module: pl.LightningModule) -> None:
+        # Lazy layers materialize on their first forward, after setup, and are then set to (init_scale, 0) by the
+        # hook init_bn_ left on them; their values may have moved since, so record what they were set to.
+        modules = dict(pl_module.named_modules())
+        for name in self._layer_names:
+            bn = modules.get(name)
+            if name not in self._initial and isinstance(bn, _BatchNorm) and is_materialized(bn):
+                self._initial[name] = {
+                    "scale": torch.full_like(bn.weight, self.init_scale).detach(),
+                    "shift": torch.zeros_like(bn.bias).detach(),
+                }
+
+
+def _snapshot(bn: _BatchNorm) -> dict[str, torch.Tensor]:
+    return {"scale": bn.weight.detach().clone(), "shift": bn.bias.detach().clone()}
+
+
+def _is_at(bn: _BatchNorm, init_scale: float) -> bool:
+    with torch.no_grad():
+        return bool(torch.all(bn.weight == init_scale)) and bool(torch.all(bn.bias == 0))
+
+
+__all__ = ["BNInit", "RELU_STD"]

@@ -1,0 +1,94 @@
+"""Re-initialization of batch-norm scales (plain PyTorch, no Lightning needed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from lightning_bninit.layers import find_bn_layers, is_default_init, is_materialized, is_trainable
+from lightning_bninit.settings import Patterns, check_init_scale, check_patterns
+
+
+@dataclass
+class InitReport:
+    """What :func:`init_bn_` did, by qualified layer name."""
+
+    initialized: list[str] = field(default_factory=list)
+    """Layers whose scale was set to ``init_scale`` and shift to 0."""
+    not_default: list[str] = field(default_factory=list)
+    """Layers left alone because their parameters were not at PyTorch's default (pretrained or already set)."""
+    frozen: list[str] = field(default_factory=list)
+    """Layers left alone because their scale does not require grad."""
+    lazy: list[str] = field(default_factory=list)
+    """Lazy layers not materialized yet (they are initialized on their first forward)."""
+
+
+def reset_bn_(bn: _BatchNorm, init_scale: float) -> None:
+    """Set one layer's scale to ``init_scale`` and its shift to 0, in place."""
+    with torch.no_grad():
+        bn.weight.fill_(init_scale)
+        bn.bias.zero_()
+
+
+def init_bn_(
+    model: nn.Module,
+    init_scale: float = 0.1,
+    include: Patterns = None,
+    exclude: Patterns = None,
+    force: bool = False,
+) -> InitReport:
+    """Set the scale of every batch-norm layer of ``model`` to ``init_scale`` and its shift to 0.
+
+    Layers whose parameters are not at PyTorch's default (scale 1, shift 0) look pretrained and are left alone
+    unless ``force=True``; frozen layers (scale with ``requires_grad=False``) are always left alone; lazy layers
+    that are not materialized yet are initialized right after their first forward creates their parameters.
+
+    Args:
+        model: any ``nn.Module``.
+        init_scale: the new scale, a finite number > 0 (the paper suggests 0.1).
+        include: glob patterns (``fnmatch``) or compiled regular expressions on qualified module names; when given,
+            only matching layers are touched.
+        exclude: patterns of layers to leave alone.
+        force: also re-initialize layers whose parameters are not at PyTorch's default.
+
+    Returns:
+        An :class:`InitReport` naming the layers initialized and those left alone, and why.
+
+    Raises:
+        ValueError: for an ``init_scale`` that is not a finite number > 0, or a pattern that is neither a string nor a
+            compiled ``re.Pattern``.
+
+    Example::
+
+        model = torchvision.models.resnet18()
+        report = init_bn_(model, init_scale=0.1)
+        assert len(report.initialized) == 20
+    """
+    init_scale = check_init_scale(init_scale)
+    layers = find_bn_layers(model, check_patterns(include, "include"), check_patterns(exclude, "exclude"))
+    report = InitReport()
+    for name, bn in layers.items():
+        if not is_materialized(bn):
+            _init_after_materialization(bn, init_scale)
+            report.lazy.append(name)
+        elif not is_trainable(bn):
+            report.frozen.append(name)
+        elif force or is_default_init(bn):
+            reset_bn_(bn, init_scale)
+            report.initialized.append(name)
+        else:
+            report.not_default.append(name)
+    return report
+
+
+def _init_after_materialization(bn: _BatchNorm, init_scale: float) -> None:
+    # Lazy modules create their parameters in a forward pre-hook registered at construction; ours runs after it,
+    # so the parameters exist (same Parameter objects the optimizer holds) before the first normalization.
+    def hook(module: nn.Module, args: tuple) -> None:
+        reset_bn_(module, init_scale)  # type: ignore[arg-type]
+        handle.remove()
+
+    handle = bn.register_forward_pre_hook(hook)

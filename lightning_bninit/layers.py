@@ -1,0 +1,78 @@
+"""Finding the batch-norm layers of a model and the roles of their parameters."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parameter import UninitializedParameter
+
+from lightning_bninit.settings import Pattern
+
+SCALE = "scale"
+SHIFT = "shift"
+
+
+def matches(name: str, patterns: Iterable[Pattern]) -> bool:
+    """Whether a qualified module name matches any glob string or compiled regular expression."""
+    for pattern in patterns:
+        if isinstance(pattern, re.Pattern):
+            if pattern.fullmatch(name):
+                return True
+        elif fnmatch.fnmatchcase(name, pattern):
+            return True
+    return False
+
+
+def find_bn_layers(
+    model: nn.Module, include: Iterable[Pattern] = (), exclude: Iterable[Pattern] = ()
+) -> dict[str, _BatchNorm]:
+    """Every batch-norm layer of ``model`` with affine parameters, by qualified name, in network order.
+
+    Covers ``BatchNorm1d/2d/3d``, ``SyncBatchNorm``, the lazy variants and subclasses (anything deriving from
+    ``torch.nn.modules.batchnorm._BatchNorm``). ``include`` keeps only names matching one of its patterns (all when
+    empty); ``exclude`` then drops names matching one of its patterns.
+    """
+    include, exclude = tuple(include), tuple(exclude)
+    found = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, _BatchNorm) or not module.affine:
+            continue
+        if include and not matches(name, include):
+            continue
+        if exclude and matches(name, exclude):
+            continue
+        found[name] = module
+    return found
+
+
+def is_materialized(bn: _BatchNorm) -> bool:
+    """False for a lazy layer whose parameters are not created yet (before its first forward)."""
+    return not isinstance(bn.weight, UninitializedParameter)
+
+
+def is_trainable(bn: _BatchNorm) -> bool:
+    return bool(bn.weight.requires_grad)
+
+
+def is_default_init(bn: _BatchNorm) -> bool:
+    """Whether the layer's scale is all ones and shift all zeros, i.e. PyTorch's ``reset_parameters``."""
+    with torch.no_grad():
+        return bool(torch.all(bn.weight == 1)) and bool(torch.all(bn.bias == 0))
+
+
+def param_roles(layers: Iterable[_BatchNorm]) -> dict[torch.Tensor, str]:
+    """Map each BN scale to :data:`SCALE` and each BN shift to :data:`SHIFT`.
+
+    Keyed by the parameter tensors themselves (hashed by identity), which survive
+    ``SyncBatchNorm.convert_sync_batchnorm`` and DDP wrapping, unlike the module objects.
+    """
+    roles: dict[torch.Tensor, str] = {}
+    for bn in layers:
+        roles[bn.weight] = SCALE
+        roles[bn.bias] = SHIFT
+    return roles

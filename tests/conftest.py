@@ -1,0 +1,16 @@
+"""Shared fixtures: a tiny BN network, deterministic data, and a plain reference training loop."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Tests never contact a W&B server.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_lightning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PL_DISABLE_FORK", "1")

@@ -1,0 +1,134 @@
+"""Small models and a hand-written reference loop for the callback's tests."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_bninit import bn_param_groups, init_bn_
+
+OptimizerFactory = Callable[[Any], torch.optim.Optimizer]
+
+
+def tiny_net() -> nn.Sequential:
+    """Conv-BN-ReLU, Conv-BN-ReLU, pool, Linear-BN1d, Linear: BN in 2d and 1d, biases on the non-BN layers."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3),
+    )
+
+
+def dataset(n: int = 48, seed: int = 0, dtype: torch.dtype = torch.float64) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 6, 6, generator=g, dtype=dtype)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return TensorDataset(x, y)
+
+
+def loader(ds: TensorDataset, batch_size: int = 8) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, shuffle=False)
+
+
+class Classifier(pl.LightningModule):
+    """A LightningModule whose optimizer and scheduler come from factories (built on ``self.parameters()``)."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        make_optimizer: OptimizerFactory,
+        make_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.make_optimizer = make_optimizer
+        self.make_scheduler = make_scheduler
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self(batch[0])
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.make_optimizer(self.parameters())
+        if self.make_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.make_scheduler(optimizer), "interval": "step"}}
+
+
+def trainer(**kwargs: Any) -> pl.Trainer:
+    defaults: dict[str, Any] = dict(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
+    )
+    defaults.update(kwargs)
+    return pl.Trainer(**defaults)
+
+
+def reference_fit(
+    net: nn.Module,
+    ds: TensorDataset,
+    make_optimizer: OptimizerFactory,
+    make_scheduler: Callable[[torch.optim.Optimizer], Any] | None,
+    steps_per_epoch: int,
+    epochs: int,
+    *,
+    init_scale: float,
+    divisor: float,
+    lr: float,
+    weight_decay: float,
+    batch_size: int = 8,
+    accumulate: int = 1,
+    clip_norm: float | None = None,
+) -> nn.Module:
+    """The paper's method written by hand: re-init, a three-group optimizer, a plain loop."""
+    net = copy.deepcopy(net)
+    init_bn_(net, init_scale)
+    groups = bn_param_groups(net, lr=lr, weight_decay=weight_decay, scale_lr_divisor=divisor)
+    for group in groups:
+        group.pop("bninit")
+    optimizer = make_optimizer(groups)
+    scheduler = make_scheduler(optimizer) if make_scheduler else None
+    data = loader(ds, batch_size)
+    net.train()
+    for _ in range(epochs):
+        for i, (x, y) in enumerate(data):
+            if i >= steps_per_epoch * accumulate:
+                break
+            loss = nn.functional.cross_entropy(net(x), y) / accumulate
+            loss.backward()
+            if (i + 1) % accumulate:
+                continue
+            if clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), clip_norm)
+            optimizer.step()
+            optimizer.zero_grad()
+            if scheduler is not None:
+                scheduler.step()
+    return net
+
+
+def assert_same_params(a: nn.Module, b: nn.Module, rtol: float = 1e-10, atol: float = 1e-12) -> None:
+    sa, sb = dict(a.named_parameters()), dict(b.named_parameters())
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        torch.testing.assert_close(sa[name], sb[name], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
