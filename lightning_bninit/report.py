@@ -378,7 +378,9 @@ def paired_report(
     treat = np.array([values[treatment][s] for s in seeds])
     diffs = treat - base
     std_diff = float(np.std(diffs, ddof=1))
-    if std_diff == 0 or np.ptp(diffs) == 0:
+    # Treat differences equal up to float round-off (e.g. 0.91 - 0.90 vs 0.81 - 0.80) as equal, too:
+    # a t statistic from round-off noise would be a wrong number.
+    if std_diff == 0 or np.allclose(diffs, diffs[0], rtol=1e-9, atol=1e-12):
         raise ReportError(
             f"all {len(seeds)} paired differences of '{metric}' are equal ({diffs[0]:+.6g}); their variance is "
             "zero, so the t-test and d_z are undefined (identical arms or a metric that does not vary?)"
