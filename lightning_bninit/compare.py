@@ -494,7 +494,7 @@ def run_compare(
     from rich.console import Console
 
     console = Console(stderr=True)
-    emit = log or (lambda msg: console.print(msg, markup=False, highlight=False))
+    emit = log or (lambda msg: console.print(msg, markup=False, highlight=False, soft_wrap=True))
     out = Path(out)
     results = ResultsFile(out)
     warning = results.repair_tail()
@@ -566,13 +566,13 @@ def run_compare(
                     if "error" in record:
                         counts["failed"] += 1
                         first = record["error"].splitlines()[0]
-                        bar.console.print(f"FAILED seed {seed} {arm}: {first}", markup=False, highlight=False)
+                        bar.console.print(f"FAILED seed {seed} {arm}: {first}", markup=False, highlight=False, soft_wrap=True)
                     else:
                         counts["ok"] += 1
                         shown = ", ".join(f"{m}={record[m]:.4f}" for m in (exp.metrics or [])
                                           if isinstance(record.get(m), float))
                         bar.console.print(f"done seed {seed} {arm} ({record['duration_s']:.1f} s) {shown}",
-                                          markup=False, highlight=False)
+                                          markup=False, highlight=False, soft_wrap=True)
     except KeyboardInterrupt:
         runner.stop_all()
         pool.shutdown(wait=True, cancel_futures=True)
