@@ -332,8 +332,9 @@ def test_plain_loop_runs(archive, tmp_path):
 
 
 def test_fit_with_bninit_in_process(archive, tmp_path):
-    bninit = pytest.importorskip("lightning_bninit")
     import lightning.pytorch as pl
+
+    import lightning_bninit as bninit
 
     pl.seed_everything(1, verbose=False)
     model = CIFARClassifier(width=4, fused=True)  # fused SGD under BNInit's per-step group split
@@ -351,19 +352,8 @@ def test_fit_with_bninit_in_process(archive, tmp_path):
     assert set(res) >= {"test_acc", "test_loss"}
 
 
-def _bninit_cli_available() -> bool:
-    try:
-        import lightning_bninit.cli  # noqa: F401
-        from lightning_bninit import BNInit  # noqa: F401
-    except Exception:  # noqa: BLE001
-        return False
-    return True
-
-
 @pytest.mark.parametrize("bninit", [False, True], ids=["plain", "bninit"])
 def test_cli_fit_and_test(archive, tmp_path, bninit):
-    if bninit and not _bninit_cli_available():
-        pytest.skip("lightning_bninit.cli.BNInitCLI not available yet")
     results = tmp_path / "results.jsonl"
     cmd = [
         sys.executable, str(ROOT / "examples" / "cifar10" / "main.py"), "fit",

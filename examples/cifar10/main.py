@@ -20,13 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # makes ``cifar
 from cifar10.data import CIFAR10DataModule  # noqa: E402
 from cifar10.model import CIFARClassifier  # noqa: E402
 
-try:  # the package's CLI adds --bninit / --bninit.<option>
-    from lightning_bninit.cli import BNInitCLI as _CLI
-except ImportError:  # pragma: no cover - core CLI not available yet
-    from lightning.pytorch.cli import LightningCLI as _CLI
+from lightning_bninit.cli import BNInitCLI  # noqa: E402
 
 
-class CIFARCLI(_CLI):  # type: ignore[misc,valid-type]
+class CIFARCLI(BNInitCLI):
     def add_arguments_to_parser(self, parser) -> None:  # noqa: D102
         super().add_arguments_to_parser(parser)
         parser.add_argument("--test_after_fit", type=bool, default=False,
