@@ -19,6 +19,7 @@ from typing_extensions import override
 from lightning_bninit.init import init_bn_
 from lightning_bninit.input_norm import RELU_STD, attach_input_norm, find_input_norm, infer_input_channels
 from lightning_bninit.layers import find_bn_layers, is_materialized, param_roles
+from lightning_bninit.monitor import BNMonitor, MonitorArg, make_monitor
 from lightning_bninit.settings import check_init_scale, check_patterns, check_scale_lr_divisor
 from lightning_bninit.update import GroupSplitter, is_separable, unsupported_optimizer_message
 
@@ -62,6 +63,10 @@ class BNInit(Callback):
             they still get the revised update.
         separable_optimizers: optimizer classes, beyond PyTorch's own, whose ``step`` updates each param group
             independently; only for these can the update be applied exactly.
+        monitor: log per-layer BN statistics (scale/shift, drift from the initial values, normalized-activation
+            magnitudes) to the Trainer's loggers every ``log_every_n_steps``, with W&B dashboards, PNG plots and a
+            summary table at the end of fit; see :mod:`lightning_bninit.monitor`. ``False`` turns it off; a
+            :class:`~lightning_bninit.monitor.BNMonitor` sets its options (e.g. its own ``log_every_n_steps``).
 
     Raises:
         ValueError: for an ``init_scale`` that is not a finite number > 0, a ``scale_lr_divisor`` that is not a
@@ -89,6 +94,7 @@ class BNInit(Callback):
         exclude: PatternArg = None,
         force: bool = False,
         separable_optimizers: Sequence[type] = (),
+        monitor: MonitorArg = True,
     ) -> None:
         self.init_scale = check_init_scale(init_scale)
         self.scale_lr_divisor = check_scale_lr_divisor(scale_lr_divisor)
@@ -112,6 +118,7 @@ class BNInit(Callback):
         self._initial: dict[str, dict[str, torch.Tensor]] = {}
         self._splitter: GroupSplitter | None = None
         self._hooks: dict[int, _StepHooks] = {}
+        self._monitor: BNMonitor | None = make_monitor(monitor)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -224,6 +231,7 @@ class BNInit(Callback):
             hooks.armed = False
         if len(self._initial) < len(self._layer_names):
             self._record_lazy_initial_values(pl_module)
+        self._monitor_batch_end(trainer)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -256,6 +264,8 @@ class BNInit(Callback):
         self._initial = {name: dict(vals) for name, vals in state_dict.get("initial", {}).items()}
 
     def _release(self, trainer: pl.Trainer) -> None:
+        if self._monitor is not None:
+            self._monitor.remove_hooks()
         for optimizer in trainer.optimizers:
             if self._splitter is not None:
                 self._splitter.restore(optimizer)
@@ -303,6 +313,36 @@ class BNInit(Callback):
                     "scale": torch.full_like(bn.weight, self.init_scale).detach(),
                     "shift": torch.zeros_like(bn.bias).detach(),
                 }
+
+
+    # -- BN statistics monitoring (lightning_bninit.monitor) --------------------------------------------------------
+
+    @property
+    def monitor(self) -> BNMonitor | None:
+        """The :class:`~lightning_bninit.monitor.BNMonitor` of this callback (``None`` with ``monitor=False``)."""
+        return self._monitor
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Modules are looked up by name here, not at setup: DDP's SyncBatchNorm conversion replaces them in between.
+        if self._monitor is not None:
+            self._monitor.start(trainer, pl_module, self._layer_names, self.settings)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._monitor is not None:
+            self._monitor.on_batch_start(trainer)
+
+    def _monitor_batch_end(self, trainer: pl.Trainer) -> None:
+        if self._monitor is not None:
+            self._monitor.on_batch_end(trainer, self._initial)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._monitor is not None:
+            self._monitor.end(trainer, self._initial)
 
 
 def _snapshot(bn: _BatchNorm) -> dict[str, torch.Tensor]:

@@ -1,0 +1,190 @@
+"""Overhead of BNInit's BN monitor: CIFAR ResNet-18 (3x3 conv1, no max-pool), batch 128, CPU, synthetic data.
+
+Arms, interleaved round by round (order alternating), each a short ``Trainer.fit`` with a CSVLogger:
+
+- ``off``: ``BNInit(monitor=False)``;
+- ``on``: ``BNInit()`` with ``log_every_n_steps=50`` (the steps measured here are non-logging steps unless
+  ``--steps`` >= 50);
+- ``log``: ``BNInit()`` with ``log_every_n_steps=1`` (every step is a monitoring step).
+
+A step's time is the wall time between consecutive ``on_train_batch_start`` calls (forward, backward, optimizer step,
+callbacks, logger). The first ``--warmup`` steps of each fit are dropped; medians over all rounds are reported, and
+the overall overhead at ``log_every_n_steps=50`` is ``(49 * median(on) + median(log)) / (50 * median(off)) - 1``.
+With ``--steps 100`` or more the ``on`` arm also contains real logging steps and its mean is reported directly.
+
+    python benchmarks/monitor_overhead.py --rounds 3 --steps 8            # short version (~3 min on 2 cores)
+    python benchmarks/monitor_overhead.py --rounds 5 --steps 110          # direct: two logging steps per fit
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_bninit import BNInit
+
+
+def cifar_resnet18() -> nn.Module:
+    from torchvision.models import resnet18
+
+    net = resnet18(num_classes=10)
+    net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    net.maxpool = nn.Identity()
+    return net
+
+
+class Module(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = cifar_resnet18()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        self.log("loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+
+class StepTimer(pl.Callback):
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self.logging: list[bool] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.starts.append(time.perf_counter())
+        n = trainer.log_every_n_steps
+        self.logging.append((trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % n == 0)
+
+    def on_train_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.starts.append(time.perf_counter())
+
+    def times(self, warmup: int) -> list[tuple[float, bool]]:
+        return [(b - a, log) for a, b, log in zip(self.starts, self.starts[1:], self.logging)][warmup:]
+
+
+HOOK_TIMES: dict[bool, list[float]] = {False: [], True: []}
+"""Wall time spent inside the monitor's own hooks per step (start + end), by whether the step was a logging step."""
+
+
+FORWARD_HOOK_TIMES: list[float] = []
+"""Wall time of each x̂ forward-hook call (inside the forward of logging steps)."""
+
+
+def _time_forward_hooks() -> None:
+    from lightning_bninit import monitor as monitor_module
+
+    call = monitor_module._XhatHook.__call__
+
+    def timed(self: Any, *a: Any) -> None:
+        t = time.perf_counter()
+        call(self, *a)
+        FORWARD_HOOK_TIMES.append(time.perf_counter() - t)
+
+    monitor_module._XhatHook.__call__ = timed  # type: ignore[method-assign]
+
+
+def _timed_monitor(callback: BNInit) -> None:
+    monitor = callback.monitor
+    assert monitor is not None
+    start, end = monitor.on_batch_start, monitor.on_batch_end
+    pending: list[float] = []
+
+    def on_batch_start(trainer: pl.Trainer) -> None:
+        t = time.perf_counter()
+        start(trainer)
+        pending.append(time.perf_counter() - t)
+
+    def on_batch_end(trainer: pl.Trainer, initial: Any) -> None:
+        armed = monitor._armed
+        t = time.perf_counter()
+        end(trainer, initial)
+        HOOK_TIMES[armed].append(pending.pop() + time.perf_counter() - t)
+
+    monitor.on_batch_start, monitor.on_batch_end = on_batch_start, on_batch_end  # type: ignore[method-assign]
+
+
+def run(arm: str, steps: int, batch: int, data: TensorDataset, root: str) -> list[tuple[float, bool]]:
+    torch.manual_seed(0)
+    monitor = arm != "off"
+    every = 1 if arm == "log" else 50
+    timer = StepTimer()
+    callback = BNInit(monitor=monitor)
+    if monitor:
+        _timed_monitor(callback)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_steps=steps, log_every_n_steps=every,
+        logger=CSVLogger(root, name=arm), callbacks=[callback, timer],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(Module(), DataLoader(data, batch_size=batch, shuffle=False))
+    return timer.times(args.warmup)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per fit (incl. warm-up)")
+    parser.add_argument("--log-steps", type=int, default=6, help="steps per fit of the 'log' arm")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
+    args = parser.parse_args()
+    _time_forward_hooks()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+    n = args.batch * max(args.steps, args.log_steps)
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))
+    results: dict[str, list[tuple[float, bool]]] = {"off": [], "on": [], "log": []}
+    with tempfile.TemporaryDirectory() as root:
+        for r in range(args.rounds):
+            order = ["off", "on", "log"] if r % 2 == 0 else ["log", "on", "off"]
+            for arm in order:
+                steps = args.log_steps if arm == "log" else args.steps
+                results[arm] += run(arm, steps, args.batch, data, root)
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+                f"{arm} {statistics.median(t for t, _ in v):.3f}s" for arm, v in results.items()), flush=True)
+
+    off = statistics.median(t for t, _ in results["off"])
+    on_nonlog = statistics.median(t for t, log in results["on"] if not log)
+    on_log = statistics.median(t for t, _ in results["log"])
+    overall = (49 * on_nonlog + on_log) / (50 * off)
+    print(f"\nCIFAR ResNet-18, batch {args.batch}, CPU ({torch.get_num_threads()} threads), "
+          f"{args.rounds} rounds x {args.steps} steps ({args.warmup} warm-up dropped), medians:")
+    print(f"  monitor off                  : {off:.4f} s/step  (n={len(results['off'])})")
+    print(f"  monitor on, non-logging steps: {on_nonlog:.4f} s/step  -> {100 * (on_nonlog / off - 1):+.2f}%")
+    print(f"  monitor on, logging steps    : {on_log:.4f} s/step  -> {100 * (on_log / off - 1):+.2f}%")
+    print(f"  overall, log_every_n_steps=50: {100 * (overall - 1):+.2f}%  (49 non-logging + 1 logging step)")
+    hook_nonlog = statistics.median(HOOK_TIMES[False])
+    hook_log = statistics.median(HOOK_TIMES[True])
+    print("  time inside the monitor's hooks (precise, insensitive to machine noise):")
+    print(f"    non-logging step: {1e6 * hook_nonlog:.1f} us = {100 * hook_nonlog / off:.4f}% of a step")
+    print(f"    logging step    : {1e3 * hook_log:.1f} ms = {100 * hook_log / off:.2f}% of a step "
+          "(+ the forward hooks' work, inside the forward)")
+    n_log = len(HOOK_TIMES[True])
+    fwd = sum(FORWARD_HOOK_TIMES) / max(n_log, 1)
+    print(f"    x̂ forward hooks : {1e3 * fwd:.1f} ms per logging step = {100 * fwd / off:.2f}% of a step")
+    total = (49 * hook_nonlog + hook_log + fwd) / (50 * off)
+    print(f"    at log_every_n_steps=50: {100 * total:.3f}% of a step")
+    if any(log for _, log in results["on"]):
+        on_mean = statistics.fmean(t for t, _ in results["on"])
+        off_mean = statistics.fmean(t for t, _ in results["off"])
+        print(f"  direct mean over 'on' fits   : {100 * (on_mean / off_mean - 1):+.2f}%")

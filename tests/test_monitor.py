@@ -1,0 +1,308 @@
+"""BN statistics monitoring: pure statistics, logging-step rule, loggers (CSV, TensorBoard, W&B offline), resume."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+import os
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from helpers import Classifier, dataset, loader, tiny_net, trainer as make_trainer
+from lightning_bninit import BNInit
+from lightning_bninit.monitor import BNMonitor, STATS, is_logging_step, param_stats, xhat_stats
+
+# ------------------------------------------------------------------------------------------------ pure statistics
+
+
+def test_xhat_stats_single_outlier_is_sqrt_m_minus_1() -> None:
+    m, a, eps = 16, 100.0, 1e-5
+    x = torch.zeros(m, 2)
+    x[0, 0] = a
+    x[:, 1] = torch.linspace(-1, 1, m)
+    w, b = torch.tensor([0.5, 0.5]), torch.tensor([0.25, 0.0])
+    absmax, ratio, frac, out_absmax = xhat_stats(x, eps, w, b).tolist()
+    # one value a, the rest 0: mean a/m, biased var a^2 (m-1)/m^2
+    expected = (a - a / m) / math.sqrt(a * a * (m - 1) / m**2 + eps)
+    assert absmax == pytest.approx(expected, rel=1e-6)
+    assert absmax == pytest.approx(math.sqrt(m - 1), rel=1e-6)
+    assert ratio == pytest.approx(expected / math.sqrt(m - 1), rel=1e-6)
+    assert frac == pytest.approx(1 / (2 * m))  # only the outlier is > 3 (linspace stays below sqrt(3))
+    assert out_absmax == pytest.approx(0.5 * expected + 0.25, rel=1e-6)
+
+
+def test_xhat_stats_matches_batch_norm_2d_and_bf16_stays_float32() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 5, 5, generator=g) * 3 + 1
+    x[1, 2, 3, 4] = 40.0
+    bn = nn.BatchNorm2d(3, eps=1e-3).train()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.1, -2.0, 0.5]))
+        bn.bias.copy_(torch.tensor([0.0, 0.3, -1.0]))
+        reference_xhat = nn.functional.batch_norm(x, None, None, training=True, eps=1e-3)
+        reference_out = bn(x)
+    absmax, ratio, frac, out_absmax = xhat_stats(x, bn.eps, bn.weight, bn.bias).tolist()
+    assert absmax == pytest.approx(reference_xhat.abs().max().item(), rel=1e-5)
+    assert ratio == pytest.approx(absmax / math.sqrt(4 * 5 * 5 - 1), rel=1e-6)
+    assert frac == pytest.approx((reference_xhat.abs() > 3).float().mean().item())
+    assert out_absmax == pytest.approx(reference_out.abs().max().item(), rel=1e-5)
+
+    low = x.to(torch.bfloat16)
+    stats = xhat_stats(low, bn.eps, bn.weight, bn.bias)
+    assert stats.dtype == torch.float32
+    assert stats.tolist() == pytest.approx(xhat_stats(low.float(), bn.eps, bn.weight, bn.bias).tolist(), rel=1e-6)
+
+
+def test_param_stats_by_hand() -> None:
+    w, b = torch.tensor([0.1, 0.3]), torch.tensor([-1.0, 1.0])
+    got = dict(zip(STATS, param_stats(w, b, torch.full((2,), 0.1), torch.zeros(2)).tolist()))
+    assert got["scale_mean"] == pytest.approx(0.2)
+    assert got["scale_std"] == pytest.approx(0.1)  # population std over channels
+    assert (got["scale_min"], got["scale_max"]) == pytest.approx((0.1, 0.3))
+    assert (got["shift_mean"], got["shift_std"]) == pytest.approx((0.0, 1.0))
+    assert got["scale_drift"] == pytest.approx(0.1)  # (0 + 0.2) / 2
+    assert got["shift_drift"] == pytest.approx(1.0)
+
+
+def test_monitor_argument_is_checked() -> None:
+    assert BNInit(monitor=False).monitor is None
+    assert isinstance(BNInit().monitor, BNMonitor)
+    custom = BNMonitor(log_every_n_steps=3)
+    assert BNInit(monitor=custom).monitor is custom
+    with pytest.raises(ValueError, match="monitor"):
+        BNInit(monitor="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="log_every_n_steps"):
+        BNMonitor(log_every_n_steps=-1)
+
+
+# ------------------------------------------------------------------------------------------------ with a Trainer
+
+
+def _rows(log_dir: str) -> list[dict[str, str]]:
+    with open(os.path.join(log_dir, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def _values(rows: list[dict[str, str]], key: str) -> dict[int, float]:
+    return {int(r["step"]): float(r[key]) for r in rows if r.get(key)}
+
+
+def _csv_trainer(tmp_path, **kwargs):
+    from lightning.pytorch.loggers import CSVLogger
+
+    kwargs.setdefault("logger", CSVLogger(str(tmp_path), name="", version="run"))
+    return make_trainer(**kwargs)
+
+
+def _sgd(params):
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9)
+
+
+class LoggingClassifier(Classifier):
+    """Logs its loss on every step, and records whether BN forward hooks were present on each step."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.hooked_steps: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        if any(m._forward_hooks for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+            self.hooked_steps.append(self.trainer.fit_loop.epoch_loop._batches_that_stepped)
+        loss = super().training_step(batch, batch_idx)
+        self.log("loss", loss, on_step=True, on_epoch=False)
+        return loss
+
+
+def test_planted_outlier_and_drift_in_metrics_csv(tmp_path, capsys) -> None:
+    m, a = 16, 100.0
+    x = torch.zeros(m, 2)
+    x[0, 0] = a
+    x[:, 1] = torch.linspace(-1, 1, m)
+    y = torch.arange(m) % 2
+    model = Classifier(nn.Sequential(nn.BatchNorm1d(2), nn.Linear(2, 2)), _sgd)
+    callback = BNInit()
+    trainer = _csv_trainer(tmp_path, max_steps=1, log_every_n_steps=1, callbacks=[callback])
+    trainer.fit(model, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=m))
+
+    rows = _rows(trainer.log_dir)
+    columns = set(rows[0])
+    assert {f"bn/net.0/{s}" for s in STATS} <= columns
+    assert {"bn/all/xhat_absmax", "bn/all/scale_drift", "bn/all/shift_drift"} <= columns
+    got = {s: _values(rows, f"bn/net.0/{s}")[0] for s in STATS}
+    assert got["xhat_absmax"] == pytest.approx(math.sqrt(m - 1), rel=1e-5)
+    assert got["xhat_bound_ratio"] == pytest.approx(1.0, rel=1e-5)
+    assert got["xhat_frac_gt3"] == pytest.approx(1 / (2 * m))
+    assert got["out_absmax"] == pytest.approx(0.1 * math.sqrt(m - 1), rel=1e-5)  # gamma = 0.1, beta = 0 in forward
+    bn = model.net[0]
+    assert got["scale_drift"] == pytest.approx((bn.weight - 0.1).abs().mean().item(), rel=1e-5, abs=1e-9)
+    assert got["shift_drift"] == pytest.approx(bn.bias.abs().mean().item(), rel=1e-5, abs=1e-9)
+    assert got["scale_drift"] > 0 and got["shift_drift"] > 0
+    assert _values(rows, "bn/all/xhat_absmax")[0] == pytest.approx(math.sqrt(m - 1), rel=1e-5)
+
+    # end of fit: PNG plots in the logger's directory and the rich summary table on the console
+    assert sorted(os.listdir(os.path.join(trainer.log_dir, "bn_monitor"))) == ["peak_xhat.png", "scale_drift.png"]
+    out = capsys.readouterr().out
+    assert "BN layers at the end of fit" in out and "net.0" in out
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_monitoring_steps_follow_lightning_log_every_n_steps(tmp_path, accumulate) -> None:
+    model = LoggingClassifier(tiny_net(), _sgd)
+    trainer = _csv_trainer(tmp_path, max_steps=7, log_every_n_steps=3, accumulate_grad_batches=accumulate,
+                           callbacks=[BNInit()])
+    trainer.fit(model, loader(dataset(n=112, dtype=torch.float32)))
+    rows = _rows(trainer.log_dir)
+    loss_steps = sorted(_values(rows, "loss"))
+    bn_steps = sorted(_values(rows, "bn/net.1/xhat_absmax"))
+    assert loss_steps == bn_steps == [2, 5]
+    assert sorted(_values(rows, "bn/net.1/scale_drift")) == [2, 5]
+    # hooks only on the (micro-)batch of the logging steps; no hook on any other step
+    assert model.hooked_steps == [2, 5]
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_own_interval_and_monitor_off(tmp_path) -> None:
+    model = LoggingClassifier(tiny_net(), _sgd)
+    trainer = _csv_trainer(tmp_path / "a", max_steps=4, log_every_n_steps=1,
+                           callbacks=[BNInit(monitor=BNMonitor(log_every_n_steps=2, plots=False))])
+    trainer.fit(model, loader(dataset(dtype=torch.float32)))
+    assert sorted(_values(_rows(trainer.log_dir), "bn/net.4/scale_mean")) == [1, 3]
+
+    model = LoggingClassifier(tiny_net(), _sgd)
+    trainer = _csv_trainer(tmp_path / "b", max_steps=2, log_every_n_steps=1, callbacks=[BNInit(monitor=False)])
+    trainer.fit(model, loader(dataset(dtype=torch.float32)))
+    assert not any(k.startswith("bn/") for k in _rows(trainer.log_dir)[0])
+    assert model.hooked_steps == []
+
+
+def test_resume_keeps_drift_relative_to_original_init(tmp_path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    data = loader(dataset(dtype=torch.float32))
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
+    trainer = _csv_trainer(tmp_path / "first", max_epochs=1, log_every_n_steps=1, callbacks=[BNInit(), ckpt],
+                           enable_checkpointing=True)
+    trainer.fit(Classifier(tiny_net(), _sgd), data)
+    moved = Classifier(tiny_net(), _sgd)
+    moved.load_state_dict(torch.load(ckpt.last_model_path, weights_only=False)["state_dict"])
+    assert (moved.net[1].weight - 0.1).abs().max() > 0  # the checkpoint's scales have moved away from 0.1
+
+    model = Classifier(tiny_net(), _sgd)
+    trainer = _csv_trainer(tmp_path / "second", max_epochs=2, log_every_n_steps=1, callbacks=[BNInit()])
+    trainer.fit(model, data, ckpt_path=ckpt.last_model_path)
+    drift = _values(_rows(trainer.log_dir), "bn/net.1/scale_drift")
+    last = max(drift)
+    assert last == trainer.fit_loop.epoch_loop._batches_that_stepped - 1
+    assert drift[last] == pytest.approx((model.net[1].weight - 0.1).abs().mean().item(), rel=1e-5)
+    # relative to the checkpoint's values the drift would be much smaller than from the original init
+    assert drift[last] > (model.net[1].weight - moved.net[1].weight).abs().mean().item()
+
+
+def test_tensorboard_logger_gets_the_scalars(tmp_path) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = make_trainer(logger=TensorBoardLogger(str(tmp_path)), max_steps=2, log_every_n_steps=1,
+                           callbacks=[BNInit(monitor=BNMonitor(plots=False, console_summary=False))])
+    trainer.fit(Classifier(tiny_net(), _sgd), loader(dataset(dtype=torch.float32)))
+    events = EventAccumulator(trainer.log_dir)
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {f"bn/net.9/{s}" for s in STATS} <= tags
+    assert [e.step for e in events.Scalars("bn/net.1/xhat_absmax")] == [0, 1]
+
+
+def test_compiled_model_skips_activations_with_one_warning(tmp_path) -> None:
+    model = LoggingClassifier(tiny_net(), _sgd)
+    compiled = torch.compile(model, backend="eager")
+    trainer = _csv_trainer(tmp_path, max_steps=3, log_every_n_steps=1, callbacks=[BNInit()])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(compiled, loader(dataset(dtype=torch.float32)))
+    mine = [w for w in caught if "torch.compile" in str(w.message) and "BNInit" in str(w.message)]
+    assert len(mine) == 1
+    rows = _rows(trainer.log_dir)
+    assert sorted(_values(rows, "bn/net.1/scale_drift")) == [0, 1, 2]
+    assert not any("xhat" in k for k in rows[0] if k.startswith("bn/net"))
+    assert model.hooked_steps == []
+
+
+# ------------------------------------------------------------------------------------------------ W&B offline
+
+
+def test_wandb_offline_run_file_has_keys_histograms_and_summary_table(tmp_path) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    import wandb_reader
+
+    assert os.environ.get("WANDB_MODE") == "offline"
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="bninit-test")
+    callback = BNInit(input_norm=True)
+    trainer = make_trainer(logger=logger, max_steps=4, log_every_n_steps=2, callbacks=[callback])
+    trainer.fit(Classifier(tiny_net(), _sgd), loader(dataset(dtype=torch.float32)))
+    layers = callback.layer_names
+    run_dir = logger.experiment.dir
+    logger.experiment.finish()
+
+    records = wandb_reader.read_records(wandb_reader.find_run_file(str(tmp_path)))
+    history = wandb_reader.history(records)
+    scalars = [r for r in history if any(k.startswith("bn/") for k in r)]
+    assert [r["trainer/global_step"] for r in scalars] == [1, 3]
+    for layer in layers:
+        for stat in STATS:
+            assert f"bn/{layer}/{stat}" in scalars[-1]
+    hists = [r for r in history if any(k.startswith("bn_hist_scale/") for k in r)]
+    assert len(hists) == 2
+    for layer in layers:
+        for kind in ("scale", "shift"):
+            assert hists[0][f"bn_hist_{kind}/{layer}/_type"] == "histogram"
+
+    final = history[-1]
+    assert final["bn_summary/layers/_type"] == "table-file"
+    with open(os.path.join(run_dir, final["bn_summary/layers/path"])) as f:
+        table = json.load(f)
+    assert table["columns"] == ["layer", "init", "final_scale_mean", "scale_drift", "peak_xhat"]
+    assert [row[0] for row in table["data"]] == layers
+    for stat in ("scale_drift", "xhat_absmax"):
+        assert final[f"bn_{stat}/by_layer_table/_type"] == "table-file"
+    assert final["bn_plots/scale_drift/_type"] == "image-file"
+    assert final["bn_plots/peak_xhat/_type"] == "image-file"
+
+    config = wandb_reader.config(records)
+    assert config["bninit"]["init_scale"] == 0.1
+    assert any(m.name == f"bn/{layers[0]}/xhat_absmax" and m.summary.max
+               for m in wandb_reader.metric_definitions(records))
+
+
+# ------------------------------------------------------------------------------------------------ DDP
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_log_once_with_max_over_ranks(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "_ddp_monitor_script.py")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(script)), env.get("PYTHONPATH", "")])
+    env.pop("PL_DISABLE_FORK", None)
+    proc = subprocess.run([sys.executable, script, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    files = glob.glob(str(tmp_path / "**" / "metrics.csv"), recursive=True)
+    assert len(files) == 1
+    rows = _rows(os.path.dirname(files[0]))
+    logged = _values(rows, "bn/net.0/xhat_absmax")
+    assert sorted(logged) == [0, 1, 2]  # each step once
+    local = {r: json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)}
+    for step, value in logged.items():
+        per_rank = [local[r][str(step)] for r in (0, 1)]
+        assert per_rank[1] > per_rank[0]  # rank 1 has the planted outlier
+        assert value == pytest.approx(max(per_rank), rel=1e-6)
+        assert value == pytest.approx(math.sqrt(8 - 1), rel=1e-4)

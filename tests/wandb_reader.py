@@ -1,0 +1,111 @@
+"""Read an offline W&B run file (``run-*.wandb``) back into ``wandb_internal_pb2.Record`` messages (test helper).
+
+Current wandb releases write this file from their Go core and ship no Python reader. The format is LevelDB's log
+format: a 7-byte header (``b":W&B"``, magic ``0xBEE1`` little-endian, version 0), then 32 KiB blocks (counted from the
+start of the file) of chunks, each framed by a 4-byte checksum, a 2-byte little-endian length and a 1-byte type
+(1 full, 2 first, 3 middle, 4 last); fewer than 7 bytes left in a block are zero padding. The payload of a full chunk,
+or of a first..last sequence, is one serialized ``Record``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
+BLOCK = 32 * 1024
+CHUNK_HEADER = 7
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def read_payloads(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[: len(HEADER)] != HEADER:
+        raise ValueError(f"{path} does not start with the W&B log header: {data[:7]!r}")
+    pos = len(HEADER)
+    pending: list[bytes] | None = None
+    while pos + CHUNK_HEADER <= len(data):
+        left = BLOCK - pos % BLOCK
+        if left < CHUNK_HEADER:
+            pos += left  # block trailer padding
+            continue
+        _checksum, length, kind = struct.unpack_from("<IHB", data, pos)
+        if kind == 0 and length == 0:  # zero padding (e.g. preallocated or truncated tail)
+            pos += left
+            continue
+        start = pos + CHUNK_HEADER
+        chunk = data[start:start + length]
+        pos = start + length
+        if kind == FULL:
+            yield chunk
+        elif kind == FIRST:
+            pending = [chunk]
+        elif kind == MIDDLE and pending is not None:
+            pending.append(chunk)
+        elif kind == LAST and pending is not None:
+            pending.append(chunk)
+            yield b"".join(pending)
+            pending = None
+        else:
+            raise ValueError(f"unexpected chunk type {kind} at offset {pos - length - CHUNK_HEADER} of {path}")
+
+
+def read_records(path: str) -> list[Any]:
+    from wandb.proto import wandb_internal_pb2
+
+    records = []
+    for payload in read_payloads(path):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(payload)
+        records.append(record)
+    return records
+
+
+def find_run_file(root: str) -> str:
+    files = sorted({os.path.realpath(f) for f in glob.glob(os.path.join(root, "**", "run-*.wandb"), recursive=True)})
+    if len(files) != 1:
+        raise AssertionError(f"expected one run-*.wandb under {root}, found {files}")
+    return files[0]
+
+
+def history(records: list[Any]) -> list[dict[str, Any]]:
+    """The ``run.log`` rows: one dict per history record, keys joined with '/', values JSON-decoded."""
+    rows = []
+    for record in records:
+        if record.WhichOneof("record_type") != "history":
+            continue
+        row = {}
+        for item in record.history.item:
+            key = "/".join(item.nested_key) if item.nested_key else item.key
+            row[key] = json.loads(item.value_json)
+        rows.append(row)
+    return rows
+
+
+def config(records: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for record in records:
+        if record.WhichOneof("record_type") == "config":
+            for item in record.config.update:
+                key = "/".join(item.nested_key) if item.nested_key else item.key
+                out[key] = json.loads(item.value_json)
+    return out
+
+
+def summary(records: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for record in records:
+        if record.WhichOneof("record_type") == "summary":
+            for item in record.summary.update:
+                key = "/".join(item.nested_key) if item.nested_key else item.key
+                out[key] = json.loads(item.value_json)
+    return out
+
+
+def metric_definitions(records: list[Any]) -> list[Any]:
+    return [r.metric for r in records if r.WhichOneof("record_type") == "metric"]
