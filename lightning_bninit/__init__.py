@@ -4,11 +4,13 @@ from lightning_bninit.callback import BNInit
 from lightning_bninit.init import InitReport, init_bn_
 from lightning_bninit.input_norm import RELU_STD, InputNorm
 from lightning_bninit.layers import find_bn_layers
+from lightning_bninit.monitor import BNMonitor
 from lightning_bninit.param_groups import bn_param_groups
 from lightning_bninit.update import SEPARABLE_OPTIMIZERS
 
 __all__ = [
     "BNInit",
+    "BNMonitor",
     "InitReport",
     "InputNorm",
     "RELU_STD",

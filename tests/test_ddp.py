@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_ranks(tmp_path: Path) -> None:
     script = Path(__file__).with_name("ddp_fit.py")
     env = {**os.environ, "PYTHONWARNINGS": "default", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
