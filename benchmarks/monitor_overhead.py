@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -30,16 +32,10 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_bninit import BNInit
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from examples.cifar10.model import cifar_resnet18  # noqa: E402
 
-
-def cifar_resnet18() -> nn.Module:
-    from torchvision.models import resnet18
-
-    net = resnet18(num_classes=10)
-    net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-    net.maxpool = nn.Identity()
-    return net
+from lightning_bninit import BNInit  # noqa: E402
 
 
 class Module(pl.LightningModule):

@@ -1,11 +1,13 @@
 """What the revised update adds to a training step: CIFAR ResNet-18, batch 128, with vs. without BNInit.
 
-Two measurements:
+Three measurements:
 
 1. A/B, interleaved: the same Lightning training run with ``BNInit`` and without it, alternating arms, timing each
    training step (forward, backward, optimizer step) from ``on_train_batch_start`` to ``on_train_batch_end`` after a
    warm-up; the ratio of the medians is printed.
-2. The callback's own work per step (splitting the param groups before ``optimizer.step`` and restoring them after),
+2. Step-interleaved, in one run with ``BNInit``: the revised update is switched off on every other step, so both arms
+   share the process, the data and the machine's state; run-level drift (other load, clocks) cancels out.
+3. The callback's own work per step (splitting the param groups before ``optimizer.step`` and restoring them after),
    timed in isolation over many repetitions: a precise bound on the Python overhead, which run-to-run noise in (1)
    can hide.
 
@@ -79,6 +81,43 @@ def one_run(with_callback: bool, args: argparse.Namespace, data: DataLoader) -> 
     return timer.times
 
 
+class AlternateUpdate(pl.Callback):
+    """Switches BNInit's group split off on even steps and times every step, by arm."""
+
+    def __init__(self, bninit: BNInit, warmup: int, sync: bool) -> None:
+        self.bninit, self.warmup, self.sync = bninit, warmup, sync
+        self.times: dict[bool, list[float]] = {False: [], True: []}
+        self._t0, self._on = 0.0, True
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._on = trainer.global_step % 2 == 1
+        splitter = self.bninit._splitter
+        if self._on:
+            splitter.__dict__.pop("split", None)
+        else:
+            splitter.split = lambda optimizer: None  # this step runs the user's optimizer as it is
+        if self.sync:
+            torch.cuda.synchronize()
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self.sync:
+            torch.cuda.synchronize()
+        if trainer.global_step > self.warmup:
+            self.times[self._on].append(time.perf_counter() - self._t0)
+
+
+def interleaved_steps(args: argparse.Namespace, data: DataLoader) -> tuple[float, float]:
+    torch.manual_seed(0)
+    bninit = BNInit(monitor=False)
+    timer = AlternateUpdate(bninit, args.warmup, args.device == "cuda")
+    trainer = pl.Trainer(accelerator=args.device, devices=1, max_steps=args.interleaved_steps + args.warmup,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, precision=args.precision, callbacks=[bninit, timer])
+    trainer.fit(Net(), data)
+    return statistics.median(timer.times[False]), statistics.median(timer.times[True])
+
+
 def split_cost(args: argparse.Namespace, reps: int = 2000) -> float:
     model = Net().to(args.device)
     opt = model.configure_optimizers()["optimizer"]
@@ -99,11 +138,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="runs per arm, interleaved")
+    parser.add_argument("--interleaved-steps", type=int, default=20, help="steps of the step-interleaved run")
     args = parser.parse_args()
     args.precision = args.precision or ("bf16-mixed" if args.device == "cuda" else "32-true")
     torch.set_float32_matmul_precision("high")
 
-    n = args.batch_size * (args.steps + args.warmup)
+    n = args.batch_size * (max(args.steps, args.interleaved_steps) + args.warmup)
     ds = TensorDataset(torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,)))
     data = DataLoader(ds, batch_size=args.batch_size, drop_last=True)
     medians: dict[bool, list[float]] = {False: [], True: []}
@@ -112,11 +152,14 @@ def main() -> None:
             medians[arm].append(statistics.median(one_run(arm, args, data)))
             print(f"run {r} {'BNInit' if arm else 'plain '}: median step {medians[arm][-1] * 1e3:.2f} ms", flush=True)
     base, treated = statistics.median(medians[False]), statistics.median(medians[True])
+    off, on = interleaved_steps(args, data)
     cost = split_cost(args)
     print(f"\ndevice={args.device} precision={args.precision} batch={args.batch_size} torch={torch.__version__}")
     print(f"median step without BNInit: {base * 1e3:.2f} ms")
     print(f"median step with BNInit:    {treated * 1e3:.2f} ms")
     print(f"ratio (with / without):     {treated / base:.4f}")
+    print(f"step-interleaved, one run:  {off * 1e3:.2f} ms without the update, {on * 1e3:.2f} ms with it, "
+          f"ratio {on / off:.4f}")
     print(f"group split + restore:      {cost * 1e6:.1f} us per step = {cost / base:.4%} of a step")
 
 
