@@ -29,7 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 from cifar10.data import (  # noqa: E402
-    CIFAR10_MEAN, CIFAR10_STD, DeviceBatches, find_data_path, load_cifar10, subset_indices,
+    DeviceBatches, find_data_path, load_cifar10, subset_indices,
 )
 from cifar10.model import cifar_resnet18, cosine  # noqa: E402
 

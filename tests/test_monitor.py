@@ -15,7 +15,7 @@ from torch import nn
 
 from helpers import Classifier, dataset, loader, tiny_net, trainer as make_trainer
 from lightning_bninit import BNInit
-from lightning_bninit.monitor import BNMonitor, STATS, is_logging_step, param_stats, xhat_stats
+from lightning_bninit.monitor import BNMonitor, STATS, param_stats, xhat_stats
 
 # ------------------------------------------------------------------------------------------------ pure statistics
 

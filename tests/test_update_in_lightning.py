@@ -12,7 +12,6 @@ from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
-import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn

@@ -17,7 +17,7 @@ already satisfied; the callback still moves the BN scales to their own group wit
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
