@@ -55,8 +55,12 @@ class Net(pl.LightningModule):
 
 
 class StepTimer(pl.Callback):
+    """Times each training step after the warm-up, filed under ``self.arm``."""
+
     def __init__(self, warmup: int, sync: bool) -> None:
-        self.warmup, self.sync, self.times, self._t0 = warmup, sync, [], 0.0
+        self.warmup, self.sync, self._t0 = warmup, sync, 0.0
+        self.arm: bool = True
+        self.times: dict[bool, list[float]] = {False: [], True: []}
 
     def on_train_batch_start(self, *args: Any) -> None:
         if self.sync:
@@ -67,7 +71,7 @@ class StepTimer(pl.Callback):
         if self.sync:
             torch.cuda.synchronize()
         if trainer.global_step > self.warmup:
-            self.times.append(time.perf_counter() - self._t0)
+            self.times[self.arm].append(time.perf_counter() - self._t0)
 
 
 def one_run(with_callback: bool, args: argparse.Namespace, data: DataLoader) -> list[float]:
@@ -78,33 +82,24 @@ def one_run(with_callback: bool, args: argparse.Namespace, data: DataLoader) -> 
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          precision=args.precision, callbacks=callbacks)
     trainer.fit(Net(), data)
-    return timer.times
+    return timer.times[True]
 
 
-class AlternateUpdate(pl.Callback):
-    """Switches BNInit's group split off on even steps and times every step, by arm."""
+class AlternateUpdate(StepTimer):
+    """Switches BNInit's group split off on even steps; times every step, by arm."""
 
     def __init__(self, bninit: BNInit, warmup: int, sync: bool) -> None:
-        self.bninit, self.warmup, self.sync = bninit, warmup, sync
-        self.times: dict[bool, list[float]] = {False: [], True: []}
-        self._t0, self._on = 0.0, True
+        super().__init__(warmup, sync)
+        self.bninit = bninit
 
     def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        self._on = trainer.global_step % 2 == 1
+        self.arm = trainer.global_step % 2 == 1
         splitter = self.bninit._splitter
-        if self._on:
+        if self.arm:
             splitter.__dict__.pop("split", None)
         else:
             splitter.split = lambda optimizer: None  # this step runs the user's optimizer as it is
-        if self.sync:
-            torch.cuda.synchronize()
-        self._t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if self.sync:
-            torch.cuda.synchronize()
-        if trainer.global_step > self.warmup:
-            self.times[self._on].append(time.perf_counter() - self._t0)
+        super().on_train_batch_start(trainer, *args)
 
 
 def interleaved_steps(args: argparse.Namespace, data: DataLoader) -> tuple[float, float]:
