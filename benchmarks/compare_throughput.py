@@ -1,8 +1,8 @@
 """Throughput of ``bninit compare --parallel N``: total training epochs per minute, and time to a verdict.
 
 For each N, runs ``bninit compare`` on the experiment file with a fresh results file (so nothing is skipped) and
-times the command from start to the printed report. Epochs per run come from the finished runs' resolved
-LightningCLI config (``trainer.max_epochs``).
+times the command from start to the printed report. Epochs per run are the epochs each finished run trained
+(``config.fit_epochs`` of its results line).
 
     python benchmarks/compare_throughput.py --config examples/cifar10/configs/compare_gpu.yaml \
         --seeds 1-8 --arms standard,bninit --parallel 1 4 8          # on one GPU
@@ -32,7 +32,7 @@ def run_compare(config: str, seeds: str, arms: str, parallel: int, extra: list[s
         wall = time.perf_counter() - start
         records = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     done = [r for r in records if "error" not in r]
-    epochs = sum(int(r["config"]["resolved"]["trainer"]["max_epochs"]) for r in done)
+    epochs = sum(int(r["config"].get("fit_epochs") or 0) for r in done)
     return {"parallel": parallel, "runs": len(done), "failed": len(records) - len(done), "epochs": epochs,
             "wall_s": round(wall, 1), "epochs_per_min": round(60 * epochs / wall, 2), "returncode": proc.returncode,
             "stderr_tail": proc.stderr[-2000:] if proc.returncode else ""}

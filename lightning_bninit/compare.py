@@ -11,6 +11,7 @@ An *experiment file* (YAML) says what to run; paths in it are relative to the fi
       c10: [--bninit=true, --bninit.scale_lr_divisor=10]
     derive_seed: true             # seed_everything = MD5-derived seed, as the official code (default)
     checkpoint: best              # test the ModelCheckpoint best (default) or `last` (end of fit)
+    test: separate                # `in_fit`: the script tests right after fit, in the same process
     keep_checkpoints: false       # delete a run's *.ckpt once it has been tested (default)
     timeout_s: null               # per phase (fit, test)
     env: {}                       # extra environment variables for the runs
@@ -28,6 +29,12 @@ Each pair runs as two child processes sharing a run directory: ``<script> fit`` 
 writes the results to JSON files. When both succeed the parent appends one line to the results
 file: ``{"seed", "arm", <every test metric>, "duration_s", "config"}``; a failing run appends
 ``{"seed", "arm", "error", "duration_s", "config"}`` instead and the others go on.
+
+With ``test: in_fit`` there is one child process per pair: the script itself tests the final weights
+right after ``fit`` (say through an option of its own, such as the CIFAR-10 example's
+``--test_after_fit=true``, given in ``args``), and the recorder keeps those test metrics apart from
+the fit results. That saves a process start, a data load and a checkpoint per pair, which is
+what dominates short GPU runs.
 
 The parent is the only writer of the results file. A line is written with one ``os.write`` of the
 whole line under an exclusive ``flock``, then ``fsync``-ed, so an interrupted compare leaves
@@ -76,7 +83,7 @@ BUILTIN_ARMS: dict[str, list[str]] = {
 _RESERVED = {"seed", "arm", "config", "duration_s", "error", "derived_seed", "status"}
 _KNOWN_KEYS = {
     "script", "module", "config", "args", "metrics", "seeds", "arms", "derive_seed", "checkpoint",
-    "keep_checkpoints", "timeout_s", "env", "report", "default_arms",
+    "keep_checkpoints", "timeout_s", "env", "report", "default_arms", "test",
 }
 
 
@@ -99,6 +106,7 @@ class Experiment:
     derive_seed: bool = True
     checkpoint: str = "best"
     keep_checkpoints: bool = False
+    test_in_fit: bool = False
     timeout_s: float | None = None
     env: dict[str, str] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
@@ -180,6 +188,9 @@ def load_experiment(path: str | Path) -> Experiment:
     checkpoint = raw.get("checkpoint", "best")
     if checkpoint not in ("best", "last"):
         raise ExperimentError(f"{path}: 'checkpoint' must be 'best' or 'last', got {checkpoint!r}")
+    test_mode = raw.get("test", "separate")
+    if test_mode not in ("separate", "in_fit"):
+        raise ExperimentError(f"{path}: 'test' must be 'separate' or 'in_fit', got {test_mode!r}")
     env = raw.get("env") or {}
     if not isinstance(env, dict):
         raise ExperimentError(f"{path}: 'env' must be a mapping of environment variables")
@@ -203,6 +214,7 @@ def load_experiment(path: str | Path) -> Experiment:
         derive_seed=bool(raw.get("derive_seed", True)),
         checkpoint=checkpoint,
         keep_checkpoints=bool(raw.get("keep_checkpoints", False)),
+        test_in_fit=test_mode == "in_fit",
         timeout_s=float(timeout) if timeout is not None else None,
         env={str(k): str(v) for k, v in env.items()},
         report=report,
@@ -364,8 +376,10 @@ class _Runner:
             f"--trainer.default_root_dir={run_dir / 'fit'}",
             recorder,
             f"--trainer.callbacks.path={run_dir / 'fit_result.json'}",
-            f"--trainer.callbacks.save_last={str(exp.checkpoint == 'last').lower()}",
+            f"--trainer.callbacks.save_last={str(exp.checkpoint == 'last' and not exp.test_in_fit).lower()}",
         ]
+        if exp.test_in_fit:
+            fit.append(f"--trainer.callbacks.test_path={run_dir / 'test_result.json'}")
         test = exp.command + ["test"] + common + [
             f"--trainer.default_root_dir={run_dir / 'test'}",
             recorder,
@@ -411,6 +425,12 @@ class _Runner:
             reason = why or (f"exit code {rc}" if rc != 0 else "no fit result written (fit did not finish)")
             return failure(f"fit failed ({reason}); log {run_dir / 'fit.log'}:\n{_tail(run_dir / 'fit.log')}")
         fit_result = json.loads(fit_result_path.read_text())
+        config["fit_metrics"] = fit_result.get("metrics", {})
+        config["fit_epochs"], config["fit_steps"] = fit_result.get("current_epoch"), fit_result.get("global_step")
+        self._add_resolved_config(config, fit_result, run_dir)
+        if exp.test_in_fit:
+            return self._record(seed, arm, run_dir, start, config, failure, why="the script ran no test after fit "
+                                "(test: in_fit needs the script to test right after fit, e.g. --test_after_fit=true)")
         ckpt = fit_result.get("last_model_path") if exp.checkpoint == "last" else fit_result.get("best_model_path")
         ckpt = ckpt or fit_result.get("last_model_path")
         if not ckpt:
@@ -419,7 +439,16 @@ class _Runner:
                 "or set `checkpoint: last` in the experiment file"
             )
         config["ckpt_path"] = ckpt
-        config["fit_metrics"] = fit_result.get("metrics", {})
+        rc, why = self._phase(test_cmd + [f"--ckpt_path={ckpt}"], run_dir / "test.log", env)
+        if rc != 0:
+            return failure(f"test failed ({why or f'exit code {rc}'}); log {run_dir / 'test.log'}:\n"
+                           f"{_tail(run_dir / 'test.log')}")
+        if not exp.keep_checkpoints and not Path(ckpt).is_relative_to(run_dir):
+            Path(ckpt).unlink(missing_ok=True)
+        return self._record(seed, arm, run_dir, start, config, failure, why="no test result written")
+
+    @staticmethod
+    def _add_resolved_config(config: dict[str, Any], fit_result: dict[str, Any], run_dir: Path) -> None:
         saved_cfg = Path(fit_result.get("log_dir") or run_dir / "fit") / "config.yaml"
         if saved_cfg.is_file():  # the fully resolved LightningCLI config of this run
             import yaml
@@ -428,20 +457,23 @@ class _Runner:
                 config["resolved"] = yaml.safe_load(saved_cfg.read_text())
             except yaml.YAMLError:
                 config["resolved_path"] = str(saved_cfg)
-        rc, why = self._phase(test_cmd + [f"--ckpt_path={ckpt}"], run_dir / "test.log", env)
+
+    def _record(
+        self, seed: int, arm: str, run_dir: Path, start: float, config: dict[str, Any],
+        failure: Callable[[str], dict[str, Any] | None], why: str,
+    ) -> dict[str, Any] | None:
+        """The results line of a finished pair, from its test results file."""
         test_result_path = run_dir / "test_result.json"
-        if rc != 0 or not test_result_path.exists():
-            reason = why or (f"exit code {rc}" if rc != 0 else "no test result written")
-            return failure(f"test failed ({reason}); log {run_dir / 'test.log'}:\n{_tail(run_dir / 'test.log')}")
+        log = run_dir / ("fit.log" if self.exp.test_in_fit else "test.log")
+        if not test_result_path.exists():
+            return failure(f"test failed ({why}); log {log}:\n{_tail(log)}")
         metrics = json.loads(test_result_path.read_text()).get("metrics", {})
-        missing = [m for m in exp.metrics if m not in metrics]
+        missing = [m for m in self.exp.metrics if m not in metrics]
         if missing:
             return failure(f"test did not log {missing}; it logged {sorted(metrics)}")
-        if not exp.keep_checkpoints:
+        if not self.exp.keep_checkpoints:
             for path in run_dir.rglob("*.ckpt"):
                 path.unlink(missing_ok=True)
-            if not Path(ckpt).is_relative_to(run_dir):
-                Path(ckpt).unlink(missing_ok=True)
         record: dict[str, Any] = {"seed": seed, "arm": arm}
         for name, value in metrics.items():
             record[name if name not in _RESERVED else f"metric_{name}"] = value

@@ -46,6 +46,9 @@ class RunRecorder(Callback):
         path: JSON file to write.
         save_last: also save the weights at the end of fit to ``<path dir>/last_weights.ckpt``,
             for testing the final network or when checkpointing is disabled.
+        test_path: where to write the test results instead of ``path``; for scripts that test in
+            the same process right after fit (``bninit compare`` with ``test: in_fit``), so that
+            the fit results are kept.
 
     Example::
 
@@ -54,10 +57,11 @@ class RunRecorder(Callback):
             --trainer.callbacks.path=run/fit_result.json
     """
 
-    def __init__(self, path: str, save_last: bool = False) -> None:
+    def __init__(self, path: str, save_last: bool = False, test_path: str | None = None) -> None:
         super().__init__()
         self.path = Path(path)
         self.save_last = save_last
+        self.test_path = Path(test_path) if test_path else self.path
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         last = None
@@ -86,6 +90,6 @@ class RunRecorder(Callback):
             return
         # callback_metrics already holds the epoch-level test metrics at this point.
         _write_json(
-            self.path,
+            self.test_path,
             {"stage": "test", "metrics": {k: _to_float(v) for k, v in trainer.callback_metrics.items()}},
         )

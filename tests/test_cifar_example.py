@@ -386,3 +386,26 @@ def test_real_archive_decodes():
     assert np.bincount(d["y_train"]).tolist() == [5000] * 10 and np.bincount(d["y_test"]).tolist() == [1000] * 10
     mean = d["x_train"].reshape(-1, 3).mean(0) / 255
     np.testing.assert_allclose(mean, [0.4913, 0.4821, 0.4465], atol=2e-4)
+
+
+def test_compare_in_fit_on_the_cifar_script(archive, tmp_path):
+    """`bninit compare` with `test: in_fit` (as compare_gpu.yaml) on the real script and the synthetic archive."""
+    exp = tmp_path / "exp.yaml"
+    configs = ROOT / "examples" / "cifar10"
+    exp.write_text(
+        f"script: {configs / 'main.py'}\nconfig: {configs / 'configs' / 'cpu_small.yaml'}\nmetrics: [test_acc]\n"
+        "test: in_fit\n"
+        f"args: [--test_after_fit=true, --bninit.input_norm=true, --data.data_path={archive},"
+        f" --data.cache_dir={tmp_path}, --data.subset=null, --data.test_subset=null, --data.batch_size=8,"
+        " --model.width=4, --trainer.max_epochs=1, --trainer.limit_train_batches=2]\n"
+    )
+    out = tmp_path / "results.jsonl"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "lightning_bninit", "compare", "--config", str(exp), "--seeds", "1",
+                           "--out", str(out), "--no-progress"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["arm"] for r in rows) == ["bninit", "standard"]
+    assert all(0.0 <= r["test_acc"] <= 1.0 and "error" not in r for r in rows)
+    assert not (tmp_path / "results_runs" / "bninit" / "seed_1" / "test.log").exists()  # one process per pair

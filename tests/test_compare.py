@@ -156,3 +156,33 @@ def test_experiment_errors(tmp_path, capsys, yaml_text, argv, expect):
         assert " ".join(BUILTIN_ARMS["standard"]) in captured.out and f"--seed_everything={derive_seed(1)}" in captured.out
     else:
         assert rc == 2 and expect in captured.err and "Traceback" not in captured.err
+
+
+def test_in_fit_mode_runs_one_process_per_pair(exp, tmp_path):
+    path, calls = exp
+    path.write_text(path.read_text() + "test: in_fit\n")
+    out = tmp_path / "res.jsonl"
+    assert main(["compare", "--config", str(path), "--out", str(out), "--no-progress"]) == 0
+    recs = lines(out)
+    assert sorted((r["seed"], r["arm"]) for r in recs) == [(1, "bninit"), (1, "standard"), (2, "bninit"),
+                                                           (2, "standard")]
+    assert [c.split()[0] for c in calls.read_text().splitlines()] == ["fit"] * 4  # no test process
+    rec = next(r for r in recs if r["seed"] == 1 and r["arm"] == "standard")
+    assert rec["test_acc"] == pytest.approx(0.90 + derive_seed(1) % 7 / 1000 * 1.90)
+    assert "ckpt_path" not in rec["config"]
+    assert rec["config"]["fit_epochs"] is None  # the fake script reports no epochs
+
+
+def test_in_fit_mode_without_a_test_is_recorded_as_a_failure(exp, tmp_path):
+    path, _ = exp
+    path.write_text(path.read_text() + "test: in_fit\nargs: [--fake.test_after_fit=false]\n")
+    out = tmp_path / "res.jsonl"
+    assert main(["compare", "--config", str(path), "--out", str(out), "--seeds", "1", "--no-progress"]) == 1
+    assert all("ran no test after fit" in r["error"] for r in lines(out))
+
+
+def test_rejects_unknown_test_mode(exp, tmp_path, capsys):
+    path, _ = exp
+    path.write_text(path.read_text() + "test: later\n")
+    assert main(["compare", "--config", str(path), "--out", str(tmp_path / "r.jsonl"), "--no-progress"]) == 2
+    assert "'test' must be 'separate' or 'in_fit', got 'later'" in capsys.readouterr().err

@@ -29,6 +29,7 @@ def test_compare_then_report_on_digits(tmp_path):
                                                            (2, "standard")]
     for rec in recs:
         assert 0 <= rec["test_acc"] <= 1 and rec["test_loss"] > 0
+        assert (rec["config"]["fit_epochs"], rec["config"]["fit_steps"]) == (1, 4)
         resolved = rec["config"]["resolved"]["bninit"]  # the run's own saved LightningCLI config
         if rec["arm"] == "standard":
             assert (resolved["init_scale"], resolved["scale_lr_divisor"]) == (1.0, 1.0)
