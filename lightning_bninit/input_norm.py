@@ -44,12 +44,14 @@ def _normalize_first_arg(
     return (getattr(module, ATTRIBUTE)(args[0]), *args[1:]), kwargs
 
 
-def find_input_norm(module: nn.Module) -> InputNorm | None:
+def find_input_norm(module: nn.Module) -> _BatchNorm | None:
+    """The input BN registered in ``module``: an :class:`InputNorm`, or the ``SyncBatchNorm`` that
+    ``Trainer(sync_batchnorm=True)`` converted it to."""
     existing = getattr(module, ATTRIBUTE, None)
-    return existing if isinstance(existing, InputNorm) else None
+    return existing if isinstance(existing, _BatchNorm) else None
 
 
-def attach_input_norm(module: nn.Module, num_channels: int, init_scale: float) -> InputNorm:
+def attach_input_norm(module: nn.Module, num_channels: int, init_scale: float) -> _BatchNorm:
     """Register an :class:`InputNorm` in ``module`` that normalizes the first argument of its ``forward``.
 
     Idempotent: a module that already has one keeps it (and its trained values).

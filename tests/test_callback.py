@@ -291,3 +291,16 @@ def test_input_norm_is_treated_whatever_include_says() -> None:
     callback = BNInit(input_norm=True, include="net.1")
     fit(Classifier(tiny_net(), SGD), callback, limit_train_batches=0)
     assert callback.layer_names == ["bninit_input_norm", "net.1"]
+
+
+def test_input_norm_survives_sync_batchnorm_conversion() -> None:
+    """After Trainer(sync_batchnorm=True) converts it, a later stage must find it, not add a fresh one."""
+    model = Classifier(tiny_net(), SGD)
+    fit(model, BNInit(input_norm=True))
+    trained = model.bninit_input_norm.weight.detach().clone()
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert isinstance(converted.bninit_input_norm, nn.SyncBatchNorm)
+    hooks = len(converted._forward_pre_hooks)
+    trainer(callbacks=[BNInit(input_norm=True)]).validate(converted, loader(dataset(dtype=torch.float32)))
+    assert torch.equal(converted.bninit_input_norm.weight, trained)
+    assert len(converted._forward_pre_hooks) == hooks
