@@ -87,24 +87,23 @@ def history(records: list[Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def config(records: list[Any]) -> dict[str, Any]:
+def _items(records: list[Any], record_type: str, field: str) -> dict[str, Any]:
+    """The key/value items of every ``record_type`` record (``field`` holds them), later values winning."""
     out: dict[str, Any] = {}
     for record in records:
-        if record.WhichOneof("record_type") == "config":
-            for item in record.config.update:
+        if record.WhichOneof("record_type") == record_type:
+            for item in getattr(getattr(record, record_type), field):
                 key = "/".join(item.nested_key) if item.nested_key else item.key
                 out[key] = json.loads(item.value_json)
     return out
+
+
+def config(records: list[Any]) -> dict[str, Any]:
+    return _items(records, "config", "update")
 
 
 def summary(records: list[Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for record in records:
-        if record.WhichOneof("record_type") == "summary":
-            for item in record.summary.update:
-                key = "/".join(item.nested_key) if item.nested_key else item.key
-                out[key] = json.loads(item.value_json)
-    return out
+    return _items(records, "summary", "update")
 
 
 def metric_definitions(records: list[Any]) -> list[Any]:
