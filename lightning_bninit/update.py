@@ -12,7 +12,7 @@ step treats each param group on its own, which :data:`SEPARABLE_OPTIMIZERS` list
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -54,16 +54,47 @@ def unsupported_optimizer_message(optimizer: Optimizer) -> str:
     )
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Split:
-    others: list[torch.Tensor]
-    scales: list[torch.Tensor]
-    shifts: list[torch.Tensor]
-    names: tuple[list[str], list[str], list[str]] | None
+    """Where the BN parameters sit in one param group, and the groups it becomes for each kind of split."""
+
+    params: list[torch.Tensor]
+    names: list[str] | None
+    buckets: dict[str, list[int]]
+    _pieces: dict[tuple[bool, bool], list[tuple[str, list[torch.Tensor], list[str] | None]]] = field(
+        default_factory=dict
+    )
+
+    def pieces(self, own_scales: bool, own_shifts: bool) -> list[tuple[str, list[torch.Tensor], list[str] | None]]:
+        """``(role, params, names)`` of the groups this group becomes; BN parameters without a group of their own
+        stay with the others (in the user's order)."""
+        key = (own_scales, own_shifts)
+        if key not in self._pieces:
+            scales, shifts = self.buckets[SCALE], self.buckets[SHIFT]
+            kept = sorted([*self.buckets[_OTHER], *([] if own_scales else scales), *([] if own_shifts else shifts)])
+            roles = ((_OTHER, kept), (SCALE, scales if own_scales else []), (SHIFT, shifts if own_shifts else []))
+            self._pieces[key] = [
+                (role, [self.params[i] for i in idx], None if self.names is None else [self.names[i] for i in idx])
+                for role, idx in roles
+                if idx
+            ]
+        return self._pieces[key]
+
+
+_OTHER = "other"
+
+
+def _is_zero(value: Any) -> bool:
+    # A tensor weight decay counts as non-zero: reading it would synchronize with the device every step.
+    return isinstance(value, (int, float)) and value == 0
 
 
 class GroupSplitter:
     """Splits BN parameters out of an optimizer's param groups for one step, then puts the groups back.
+
+    A group is only split as far as the update needs: BN scales get a group of their own when ``c != 1`` or their
+    weight decay must be removed, BN shifts only for the latter. A group whose BN parameters need neither (``c = 1``
+    and no weight decay to remove) is passed to the optimizer as it is, so the baseline arm costs nothing.
 
     Args:
         roles: the role (``"scale"`` or ``"shift"``) of each BN parameter, keyed by the parameter itself.
@@ -88,9 +119,6 @@ class GroupSplitter:
         """Whether ``optimizer`` has BN parameters in groups that :func:`bn_param_groups` did not build."""
         return any(self._plan(group) is not None for group in optimizer.param_groups)
 
-    def is_split(self, optimizer: Optimizer) -> bool:
-        return id(optimizer) in self._saved
-
     def split(self, optimizer: Optimizer) -> None:
         """Replace ``optimizer.param_groups`` by the split groups until :meth:`restore`."""
         if not self.active or id(optimizer) in self._saved:
@@ -100,36 +128,33 @@ class GroupSplitter:
         tail: list[dict[str, Any]] = []
         for group in original:
             plan = self._plan(group)
-            if plan is None:
+            remove_decay = self.exempt_weight_decay and not _is_zero(group.get("weight_decay", 0))
+            own_scales = remove_decay or self.scale_lr_divisor != 1
+            if plan is None or not own_scales:
                 groups.append(group)
                 continue
-            if plan.others:
-                groups.append(self._copy(group, plan.others, plan.names and plan.names[0]))
-            if plan.scales:
-                scales = self._copy(group, plan.scales, plan.names and plan.names[1], exempt=True)
-                scales["lr"] = group["lr"] / self.scale_lr_divisor
-                tail.append(scales)
-            if plan.shifts:
-                tail.append(self._copy(group, plan.shifts, plan.names and plan.names[2], exempt=True))
-        self._saved[id(optimizer)] = original
-        optimizer.param_groups = groups + tail
+            for role, params, names in plan.pieces(own_scales, remove_decay):
+                copy = dict(group)
+                copy["params"] = params
+                if names is not None:
+                    copy["param_names"] = names
+                if role == _OTHER:
+                    groups.append(copy)
+                    continue
+                if remove_decay:
+                    copy["weight_decay"] = 0.0
+                if role == SCALE:
+                    copy["lr"] = group["lr"] / self.scale_lr_divisor
+                tail.append(copy)
+        if tail:
+            self._saved[id(optimizer)] = original
+            optimizer.param_groups = groups + tail
 
     def restore(self, optimizer: Optimizer) -> None:
         """Put the user's own param groups back (a no-op when they are in place)."""
         original = self._saved.pop(id(optimizer), None)
         if original is not None:
             optimizer.param_groups = original
-
-    def _copy(
-        self, group: dict[str, Any], params: list[torch.Tensor], names: list[str] | None, exempt: bool = False
-    ) -> dict[str, Any]:
-        copy = dict(group)
-        copy["params"] = params
-        if names is not None:
-            copy["param_names"] = names
-        if exempt and self.exempt_weight_decay and "weight_decay" in copy:
-            copy["weight_decay"] = 0.0
-        return copy
 
     def _plan(self, group: dict[str, Any]) -> _Split | None:
         params = group["params"]
@@ -138,17 +163,10 @@ class GroupSplitter:
             return cached[2]
         plan = None
         if GROUP_MARKER not in group:
-            buckets: dict[str, list[int]] = {"other": [], SCALE: [], SHIFT: []}
+            buckets: dict[str, list[int]] = {_OTHER: [], SCALE: [], SHIFT: []}
             for index, param in enumerate(params):
-                buckets[self.roles.get(param, "other")].append(index)
+                buckets[self.roles.get(param, _OTHER)].append(index)
             if buckets[SCALE] or buckets[SHIFT]:
-                pick = lambda seq, idx: [seq[i] for i in idx]  # noqa: E731
-                names = group.get("param_names")
-                plan = _Split(
-                    others=pick(params, buckets["other"]),
-                    scales=pick(params, buckets[SCALE]),
-                    shifts=pick(params, buckets[SHIFT]),
-                    names=None if names is None else tuple(pick(names, buckets[k]) for k in ("other", SCALE, SHIFT)),
-                )
+                plan = _Split(params=list(params), names=group.get("param_names"), buckets=buckets)
         self._plans[id(group)] = (params, len(params), plan)
         return plan
