@@ -93,7 +93,7 @@ class BNInit(Callback):
         include: PatternArg = None,
         exclude: PatternArg = None,
         force: bool = False,
-        separable_optimizers: Sequence[type] = (),
+        separable_optimizers: Sequence[type[Optimizer]] = (),
         monitor: MonitorArg = True,
     ) -> None:
         self.init_scale = check_init_scale(init_scale)

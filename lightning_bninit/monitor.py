@@ -272,7 +272,9 @@ class BNMonitor:
     # -- lifecycle --------------------------------------------------------------------------------------------
 
     def every_n_steps(self, trainer: pl.Trainer) -> int:
-        return trainer.log_every_n_steps if self.log_every_n_steps is None else self.log_every_n_steps
+        # Set by Lightning's logger connector at Trainer init; not declared on the class.
+        default: int = trainer.log_every_n_steps  # type: ignore[attr-defined]
+        return default if self.log_every_n_steps is None else self.log_every_n_steps
 
     def start(
         self,

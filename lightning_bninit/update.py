@@ -33,7 +33,7 @@ SEPARABLE_OPTIMIZERS: tuple[type[Optimizer], ...] = tuple(
 which allows one group only, and ``SparseAdam``, which takes no dense gradients)."""
 
 
-def is_separable(optimizer: Optimizer, extra: Iterable[type] = ()) -> bool:
+def is_separable(optimizer: Optimizer, extra: Iterable[type[Optimizer]] = ()) -> bool:
     """Whether ``optimizer``'s step is one known to treat each param group independently.
 
     A subclass qualifies only if it keeps its base class's ``step``: an overridden step may couple groups.
