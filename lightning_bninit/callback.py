@@ -17,8 +17,8 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_bninit.init import init_bn_
-from lightning_bninit.input_norm import RELU_STD, attach_input_norm, find_input_norm, infer_input_channels
-from lightning_bninit.layers import find_bn_layers, is_materialized, param_roles
+from lightning_bninit.input_norm import attach_input_norm, find_input_norm, infer_input_channels
+from lightning_bninit.layers import find_bn_layers, is_at, is_materialized, param_roles
 from lightning_bninit.monitor import BNMonitor, MonitorArg, make_monitor
 from lightning_bninit.settings import check_init_scale, check_patterns, check_scale_lr_divisor
 from lightning_bninit.update import GroupSplitter, is_separable, unsupported_optimizer_message
@@ -116,6 +116,7 @@ class BNInit(Callback):
 
         self._layer_names: list[str] = []
         self._initial: dict[str, dict[str, torch.Tensor]] = {}
+        self._pending_lazy: list[str] = []
         self._splitter: GroupSplitter | None = None
         self._hooks: dict[int, _StepHooks] = {}
         self._monitor: BNMonitor | None = make_monitor(monitor)
@@ -164,7 +165,7 @@ class BNInit(Callback):
         # The input BN, asked for explicitly, is always treated (first, in network order); attach_input_norm already
         # set its values.
         layers = {**{name: input_norm for name in input_names}, **layers}
-        already = [n for n in report.not_default if _is_at(layers[n], self.init_scale)]
+        already = [n for n in report.not_default if is_at(layers[n], self.init_scale)]
         pretrained = [n for n in report.not_default if n not in already]
         if pretrained:
             rank_zero_warn(
@@ -175,6 +176,7 @@ class BNInit(Callback):
         trainable = {n: bn for n, bn in layers.items() if n not in report.frozen}
         self._layer_names = list(trainable)
         self._initial = {n: _snapshot(bn) for n, bn in trainable.items() if is_materialized(bn)}
+        self._pending_lazy = [n for n in trainable if n not in self._initial]
         self._splitter = GroupSplitter(
             param_roles(trainable.values()), self.scale_lr_divisor, self.exempt_weight_decay
         )
@@ -229,7 +231,7 @@ class BNInit(Callback):
     ) -> None:
         for hooks in self._hooks.values():
             hooks.armed = False
-        if len(self._initial) < len(self._layer_names):
+        if self._pending_lazy:
             self._record_lazy_initial_values(pl_module)
         self._monitor_batch_end(trainer)
 
@@ -305,14 +307,19 @@ class BNInit(Callback):
     def _record_lazy_initial_values(self, pl_module: pl.LightningModule) -> None:
         # Lazy layers materialize on their first forward, after setup, and are then set to (init_scale, 0) by the
         # hook init_bn_ left on them; their values may have moved since, so record what they were set to.
-        modules = dict(pl_module.named_modules())
-        for name in self._layer_names:
-            bn = modules.get(name)
-            if name not in self._initial and isinstance(bn, _BatchNorm) and is_materialized(bn):
+        pending = []
+        for name in self._pending_lazy:
+            if name in self._initial:  # restored from a checkpoint
+                continue
+            bn = pl_module.get_submodule(name)
+            if isinstance(bn, _BatchNorm) and is_materialized(bn):
                 self._initial[name] = {
                     "scale": torch.full_like(bn.weight, self.init_scale).detach(),
                     "shift": torch.zeros_like(bn.bias).detach(),
                 }
+            else:
+                pending.append(name)
+        self._pending_lazy = pending
 
 
     # -- BN statistics monitoring (lightning_bninit.monitor) --------------------------------------------------------
@@ -349,9 +356,4 @@ def _snapshot(bn: _BatchNorm) -> dict[str, torch.Tensor]:
     return {"scale": bn.weight.detach().clone(), "shift": bn.bias.detach().clone()}
 
 
-def _is_at(bn: _BatchNorm, init_scale: float) -> bool:
-    with torch.no_grad():
-        return bool(torch.all(bn.weight == init_scale)) and bool(torch.all(bn.bias == 0))
-
-
-__all__ = ["BNInit", "RELU_STD"]
+__all__ = ["BNInit"]

@@ -59,10 +59,15 @@ def is_trainable(bn: _BatchNorm) -> bool:
     return bool(bn.weight.requires_grad)
 
 
-def is_default_init(bn: _BatchNorm) -> bool:
-    """Whether the layer's scale is all ones and shift all zeros, i.e. PyTorch's ``reset_parameters``."""
+def is_at(bn: _BatchNorm, scale: float) -> bool:
+    """Whether the layer's scale is ``scale`` everywhere and its shift all zeros."""
     with torch.no_grad():
-        return bool(torch.all(bn.weight == 1)) and bool(torch.all(bn.bias == 0))
+        return bool(torch.all(bn.weight == scale)) and bool(torch.all(bn.bias == 0))
+
+
+def is_default_init(bn: _BatchNorm) -> bool:
+    """Whether the layer is at PyTorch's ``reset_parameters`` values (scale 1, shift 0)."""
+    return is_at(bn, 1.0)
 
 
 def param_roles(layers: Iterable[_BatchNorm]) -> dict[torch.Tensor, str]:
