@@ -24,7 +24,7 @@ from cifar10 import data as cdata  # noqa: E402
 from cifar10.data import (  # noqa: E402
     CIFAR10_CLASSES, CIFAR10DataError, CIFAR10DataModule, DeviceBatches, crop_flip, detect_format, load_cifar10,
 )
-from cifar10.model import CIFARClassifier, cifar_resnet18, cosine  # noqa: E402
+from cifar10.model import CIFARClassifier, cifar_resnet18, cifar_vgg11_bn, cosine  # noqa: E402
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -119,6 +119,27 @@ def test_narrow_resnet18():
     assert sum(1 for m in net.modules() if isinstance(m, torch.nn.Conv2d)) == 20  # 17 + 3 downsample
     assert sum(1 for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)) == 20
     assert net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_vgg11_bn_architecture():
+    net = cifar_vgg11_bn(10, width=16)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 32, 64, 64, 128, 128, 128, 128]
+    assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) and c.bias is None for c in convs)
+    kinds = [type(m).__name__ for m in net.features]
+    # conv-BN-ReLU, with a max-pool after the 1st, 2nd, 4th, 6th and 8th conv
+    assert "".join({"Conv2d": "c", "BatchNorm2d": "b", "ReLU": "r", "MaxPool2d": "p"}[k] for k in kinds) == (
+        "cbrp" "cbrp" "cbr" "cbrp" "cbr" "cbrp" "cbr" "cbrp")
+    # 576,432 conv + 1,376 BN + 1,290 linear parameters, computed by hand
+    assert sum(p.numel() for p in net.parameters()) == 579_098
+    assert torch.all(net.fc.bias == 0)
+    assert all(torch.all(m.weight == 1) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    w = convs[5].weight  # 128 x 128 x 3 x 3, Kaiming normal fan-in
+    assert abs(w.std().item() / (2.0 / (128 * 9)) ** 0.5 - 1) < 0.05
+    assert net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert isinstance(CIFARClassifier(arch="vgg11", width=4).net.features[0], torch.nn.Conv2d)
+    with pytest.raises(ValueError, match="arch must be one of resnet18, vgg11, got 'vgg16'"):
+        CIFARClassifier(arch="vgg16")
 
 
 def test_weight_decay_groups_and_cosine():
@@ -363,14 +384,21 @@ def test_cli_fit_and_test(archive, tmp_path, bninit):
         "--model.width=4", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
         f"--trainer.default_root_dir={tmp_path}", f"--results_json={results}",
     ]
-    if bninit:
-        cmd += ["--bninit=true", "--bninit.input_norm=true"]
+    if bninit:  # also the VGG and the CSV log that keeps the BN monitor's statistics
+        cmd += ["--bninit=true", "--bninit.input_norm=true", "--model.arch=vgg11", "--csv_log=true",
+                "--trainer.log_every_n_steps=1"]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(rows) == 1 and 0.0 <= rows[0]["test_acc"] <= 1.0 and rows[0]["test_loss"] > 0
     assert rows[0]["seed"] == 1
+    csv = list(tmp_path.glob("lightning_logs/version_0/metrics.csv"))
+    if not bninit:
+        assert not csv
+        return
+    header = csv[0].read_text().splitlines()[0].split(",")
+    assert {"bn/all/scale_drift", "bn/net.features.1/xhat_bound_ratio", "bn/bninit_input_norm/scale_mean"} <= set(header)
 
 
 REAL_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"

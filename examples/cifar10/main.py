@@ -6,11 +6,14 @@
 ``--test_after_fit=true`` (set in the shipped configs) scores the test set with the final weights in
 the same process after ``fit``, so one ``fit`` call yields ``test_acc``/``test_loss``; with
 ``--results_json=PATH`` those metrics (and the fit time) are also appended to PATH as one JSON line.
+``--csv_log=true`` logs to a ``CSVLogger`` under the trainer's ``default_root_dir`` (each run of ``bninit
+compare`` has its own), so the BN monitor's statistics are kept in ``lightning_logs/version_0/metrics.csv``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +33,17 @@ class CIFARCLI(BNInitCLI):
                             help="after fit, run test with the final weights in the same process")
         parser.add_argument("--results_json", type=str, default=None,
                             help="append the test metrics as one JSON line to this file")
+        parser.add_argument("--csv_log", type=bool, default=False,
+                            help="log to a CSVLogger under trainer.default_root_dir (replaces trainer.logger)")
+
+    def instantiate_trainer(self, **kwargs):  # noqa: D102
+        cfg = self.config.get(self.subcommand, self.config)
+        if cfg.get("csv_log"):
+            from lightning.pytorch.loggers import CSVLogger
+
+            root = cfg.get("trainer", {}).get("default_root_dir") or os.getcwd()
+            kwargs["logger"] = CSVLogger(save_dir=root)
+        return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
         if callable(getattr(super(), "before_fit", None)):

@@ -1,4 +1,4 @@
-"""The paper's CIFAR ResNet-18 and a LightningModule that trains it.
+"""The paper's CIFAR ResNet-18, a narrow VGG-11 with BN, and a LightningModule that trains either.
 
 ``cifar_resnet18`` is torchvision's ResNet-18 (``torchvision.models.resnet18``) with the CIFAR stem of
 the paper's official code: a 3x3 stride-1 first convolution and no max-pool; conv weights Kaiming
@@ -7,6 +7,11 @@ torchvision's ResNet has no width argument (``width_per_group`` only applies to 
 for ``width != 64`` the four stages are rebuilt with torchvision's own ``ResNet._make_layer`` and
 ``BasicBlock`` at widths ``width * (1, 2, 4, 8)``; module names and structure stay those of
 torchvision's resnet18, and ``width=64`` is exactly the paper's network (11.17 M parameters).
+
+``cifar_vgg11_bn`` is VGG-11 with BN: eight 3x3 convs without bias at widths ``width * (1, 2, 4, 4, 8, 8,
+8, 8)``, each followed by BN and ReLU, a 2x2 max-pool after the 1st, 2nd, 4th, 6th and 8th conv, global
+average pooling and one linear layer (``width=16`` gives the widths 16, 32, 64, 64, 128, 128, 128, 128
+of the project's CPU-sized experiment; ``width=64`` is the usual VGG-11). Same init as the ResNet.
 
 Weight decay (``CIFARClassifier.configure_optimizers``): as in the official code, only the conv and
 linear *weights* (parameters with more than one dimension) get weight decay; BN scales/shifts and
@@ -17,7 +22,7 @@ already satisfied; the callback still moves the BN scales to their own group wit
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Literal, Union
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +49,42 @@ def init_weights(net: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+ARCHS = ("resnet18", "vgg11")
+"""Values of ``CIFARClassifier(arch=...)``."""
+
+VGG11_MULTIPLIERS = (1, 2, 4, 4, 8, 8, 8, 8)
+VGG11_POOL_AFTER = (0, 1, 3, 5, 7)
+"""Indices (0-based) of the convs followed by a 2x2 max-pool: 32x32 -> 1x1 over five pools."""
+
+
+def cifar_vgg11_bn(num_classes: int = 10, width: int = 64) -> nn.Module:
+    """VGG-11 with BN for 32x32 inputs (see module doc): ``features`` (conv-BN-ReLU, pools), GAP, ``fc``."""
+    layers: list[nn.Module] = []
+    c_in = 3
+    for i, mult in enumerate(VGG11_MULTIPLIERS):
+        c_out = width * mult
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        if i in VGG11_POOL_AFTER:
+            layers.append(nn.MaxPool2d(2))
+        c_in = c_out
+    net = nn.Sequential()
+    net.add_module("features", nn.Sequential(*layers))
+    net.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    net.add_module("flatten", nn.Flatten())
+    net.add_module("fc", nn.Linear(c_in, num_classes))
+    init_weights(net)
+    return net
+
+
+def build_net(arch: str, num_classes: int = 10, width: int = 64) -> nn.Module:
+    """The network named ``arch`` (one of :data:`ARCHS`)."""
+    if arch == "resnet18":
+        return cifar_resnet18(num_classes, width)
+    if arch == "vgg11":
+        return cifar_vgg11_bn(num_classes, width)
+    raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}.")
+
+
 def cifar_resnet18(num_classes: int = 10, width: int = 64) -> nn.Module:
     """torchvision ResNet-18 with the CIFAR stem (3x3 stride-1 conv1, no max-pool); see module doc."""
     from torchvision.models import resnet18
@@ -65,11 +106,12 @@ def cifar_resnet18(num_classes: int = 10, width: int = 64) -> nn.Module:
 
 
 class CIFARClassifier(LightningModule):
-    """ResNet-18 on CIFAR-10: SGD + momentum, per-step cosine schedule, torchmetrics accuracy.
+    """ResNet-18 or VGG-11-BN on CIFAR-10: SGD + momentum, per-step cosine schedule, torchmetrics accuracy.
 
     Args:
         num_classes: classes of the data set.
         width: channels of the first stage (64 = the paper's ResNet-18; 16 for CPU-sized runs).
+        arch: ``"resnet18"`` (the paper's network) or ``"vgg11"`` (VGG-11 with BN, see module doc).
         lr: peak learning rate (cosine-annealed to 0 over all training steps, stepped every batch).
         momentum: SGD momentum.
         weight_decay: applied to conv/linear weights only (see module doc).
@@ -84,6 +126,7 @@ class CIFARClassifier(LightningModule):
         self,
         num_classes: int = 10,
         width: int = 64,
+        arch: Literal["resnet18", "vgg11"] = "resnet18",
         lr: float = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
@@ -94,7 +137,7 @@ class CIFARClassifier(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = cifar_resnet18(num_classes, width)
+        self.net = build_net(arch, num_classes, width)
         self.channels_last = channels_last
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
