@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from examples.cifar10.model import cifar_resnet18  # noqa: E402
 
 from lightning_bninit import BNInit  # noqa: E402
-from lightning_bninit.layers import find_bn_layers, param_roles  # noqa: E402
-from lightning_bninit.update import GroupSplitter  # noqa: E402
+from lightning_bninit.method.layers import find_bn_layers, param_roles  # noqa: E402
+from lightning_bninit.method.update import GroupSplitter  # noqa: E402
 
 
 class Net(pl.LightningModule):
@@ -94,7 +94,7 @@ class AlternateUpdate(StepTimer):
 
     def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         self.arm = trainer.global_step % 2 == 1
-        splitter = self.bninit._splitter
+        splitter = self.bninit._update.splitter
         if self.arm:
             splitter.__dict__.pop("split", None)
         else:

@@ -1,22 +1,62 @@
-"""Revisiting Batch Norm Initialization (Davis & Frank, ECCV 2022) for PyTorch Lightning."""
+"""Revisiting Batch Norm Initialization (Davis & Frank, ECCV 2022) for PyTorch Lightning.
 
-from lightning_bninit.callback import BNInit
-from lightning_bninit.init import InitReport, init_bn_
-from lightning_bninit.input_norm import RELU_STD, InputNorm
-from lightning_bninit.layers import find_bn_layers
-from lightning_bninit.monitor import BNMonitor
-from lightning_bninit.param_groups import bn_param_groups
-from lightning_bninit.update import SEPARABLE_OPTIMIZERS
+The parts: :mod:`~lightning_bninit.method` (plain PyTorch), :mod:`~lightning_bninit.monitoring` (BN statistics),
+:mod:`~lightning_bninit.callbacks` (``BNInit``, ``BNMonitor``), :mod:`~lightning_bninit.cli` (the LightningCLI flag)
+and :mod:`~lightning_bninit.experiments` (``bninit compare`` / ``report``); ``docs/design.md`` shows how they fit.
+The names below are imported on first use, so the ``bninit`` command starts without importing torch.
+"""
 
-__all__ = [
-    "BNInit",
-    "BNMonitor",
-    "InitReport",
-    "InputNorm",
-    "RELU_STD",
-    "SEPARABLE_OPTIMIZERS",
-    "bn_param_groups",
-    "find_bn_layers",
-    "init_bn_",
-]
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import logging
+from importlib import import_module, metadata
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "BNInit": "lightning_bninit.callbacks.bninit",
+    "BNMonitor": "lightning_bninit.callbacks.bn_monitor",
+    "InitReport": "lightning_bninit.method.init",
+    "init_bn_": "lightning_bninit.method.init",
+    "InputNorm": "lightning_bninit.method.input_norm",
+    "RELU_STD": "lightning_bninit.method.input_norm",
+    "find_bn_layers": "lightning_bninit.method.layers",
+    "bn_param_groups": "lightning_bninit.method.param_groups",
+    "SEPARABLE_OPTIMIZERS": "lightning_bninit.method.update",
+}
+__all__ = sorted(_EXPORTS)
+
+try:
+    __version__ = metadata.version("lightning-bninit")
+except metadata.PackageNotFoundError:  # pragma: no cover - imported from a source tree that is not installed
+    __version__ = "0+unknown"
+
+# Messages (the input BN, the monitor's summary table) go to this logger, set up as Lightning sets up its own: INFO,
+# printed to stderr unless the application configured logging. Silence with
+# `logging.getLogger("lightning_bninit").setLevel(logging.WARNING)`.
+_logger = logging.getLogger(__name__)
+_logger.setLevel(logging.INFO)
+if not logging.getLogger().hasHandlers():
+    _logger.addHandler(logging.StreamHandler())
+    _logger.propagate = False
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lightning_bninit.callbacks.bn_monitor import BNMonitor
+    from lightning_bninit.callbacks.bninit import BNInit
+    from lightning_bninit.method.init import InitReport, init_bn_
+    from lightning_bninit.method.input_norm import RELU_STD, InputNorm
+    from lightning_bninit.method.layers import find_bn_layers
+    from lightning_bninit.method.param_groups import bn_param_groups
+    from lightning_bninit.method.update import SEPARABLE_OPTIMIZERS
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lightning_bninit' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

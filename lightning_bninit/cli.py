@@ -1,31 +1,11 @@
-"""LightningCLI integration: one ``--bninit`` flag turns the callback on.
-
-Any LightningCLI script can already add the callback the generic way::
-
-    python main.py fit --trainer.callbacks+=lightning_bninit.BNInit --trainer.callbacks.init_scale=0.05
-
-:class:`BNInitCLI` adds a dedicated, off-by-default option instead::
+"""LightningCLI integration: one ``--bninit`` flag turns the callback on (off by default).
 
     python main.py fit --bninit=true                        # on, with the defaults (gamma 0.1, c 100)
     python main.py fit --bninit.init_scale=0.05             # on, with one option changed
-    python main.py fit --bninit=true --bninit.scale_lr_divisor=1 --bninit.init_scale=1   # baseline arm
     python main.py fit --bninit=false                       # off (the default)
 
-Design of the toggle. jsonargparse's ``add_lightning_class_args(BNInit, "bninit")`` would make
-the callback a group that is always instantiated, so the option is instead typed
-``Optional[Union[bool, BNInitOptions]]``, where :class:`BNInitOptions` is a dataclass generated
-from ``BNInit.__init__``'s signature (so it never drifts from the callback):
-
-* ``false`` / ``null`` (default): no callback;
-* ``true``: the callback with its defaults;
-* a mapping (``--bninit.<option>=...`` on the command line, or ``bninit: {init_scale: 0.05}`` in a
-  config file): the callback with those options, the rest at their defaults. Setting any
-  ``--bninit.<option>`` therefore implies ``--bninit=true``. Arguments apply left to right, so a
-  later ``--bninit=false`` switches it off again.
-
-``--print_config`` shows the resolved value (``bninit: false``, or the full option mapping), and
-the ``config.yaml`` that LightningCLI saves in the log directory replays the same run with
-``fit --config config.yaml``.
+Any LightningCLI script can also add the callback the generic way
+(``--trainer.callbacks+=lightning_bninit.BNInit``). How the toggle is typed: ``docs/design.md``.
 """
 
 from __future__ import annotations
@@ -35,10 +15,14 @@ import inspect
 import typing
 from typing import Any, Optional, Union
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.trainer import Trainer
+from lightning_bninit import _extras
 
-from lightning_bninit import BNInit
+_extras.require("jsonargparse", "lightning_bninit.cli (the --bninit flag of LightningCLI)")
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
+from lightning.pytorch.trainer import Trainer  # noqa: E402
+
+from lightning_bninit.callbacks.bninit import BNInit  # noqa: E402
 
 __all__ = ["BNInitCLI", "BNInitOptions", "add_bninit_arguments", "bninit_callback_from_config", "with_bninit_callback"]
 

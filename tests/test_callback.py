@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import Classifier, assert_same_params, dataset, loader, tiny_net, trainer
+from support.helpers import Classifier, assert_same_params, dataset, loader, tiny_net, trainer
 from lightning_bninit import RELU_STD, BNInit, InputNorm, bn_param_groups, init_bn_
 
 SGD = partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=1e-2)
@@ -156,7 +156,7 @@ def test_sync_batchnorm_conversion_keeps_the_treatment() -> None:
     assert all(isinstance(m, nn.SyncBatchNorm) for m in bn_layers(converted))
     assert init_bn_(converted, 0.2, force=True).initialized == ["1", "4", "9"]
     model.net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    roles = callback._splitter.roles
+    roles = callback._update.splitter.roles
     assert {id(m.weight) for m in bn_layers(model)} == {id(p) for p, role in roles.items() if role == "scale"}
 
 

@@ -356,6 +356,7 @@ def test_fit_with_bninit_in_process(archive, tmp_path):
     import lightning.pytorch as pl
 
     import lightning_bninit as bninit
+    from lightning_bninit.method.input_norm import find_input_norm
 
     pl.seed_everything(1, verbose=False)
     model = CIFARClassifier(width=4, fused=True)  # fused SGD under BNInit's per-step group split
@@ -365,7 +366,7 @@ def test_fit_with_bninit_in_process(archive, tmp_path):
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=tmp_path, callbacks=[cb])
     trainer.fit(model, datamodule=dm)
-    norm = bninit.input_norm.find_input_norm(model)
+    norm = find_input_norm(model)
     assert norm is not None and norm.num_features == 3 and not norm.bias.requires_grad
     assert len(cb.layer_names) == 21  # 20 in the ResNet-18 + the input BN
     assert abs(model.net.bn1.weight.mean().item() - 0.1) < 0.01  # moved little from 0.1 with lr/100

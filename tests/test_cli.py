@@ -1,19 +1,14 @@
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from support.cli_app import TinyData, TinyModel
+from support.launch import run_script, script_env
 
 from lightning_bninit import BNInit
 from lightning_bninit.cli import BNInitCLI, BNInitOptions, bninit_callback_from_config
-
-HERE = Path(__file__).parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-from cli_app import TinyData, TinyModel  # noqa: E402
 
 TRAINER_YAML = """\
 seed_everything: 7
@@ -29,10 +24,7 @@ trainer:
 
 def run_app(tmp_path: Path, *args: str, name: str = "out") -> dict:
     out = tmp_path / f"{name}.json"
-    env = {**os.environ, "BNINIT_TEST_OUT": str(out), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(HERE / "cli_app.py"), "fit", *args], env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_script("cli_app.py", "fit", *args, timeout=120, env=script_env(BNINIT_TEST_OUT=str(out), OMP_NUM_THREADS="1"))
     return json.loads(out.read_text())
 
 

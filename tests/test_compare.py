@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from lightning_bninit.__main__ import main
-from lightning_bninit.compare import BUILTIN_ARMS, ResultsFile
-from lightning_bninit.seeding import derive_seed
+from lightning_bninit.experiments.command import main
+from lightning_bninit.experiments.compare import BUILTIN_ARMS, ResultsFile
+from lightning_bninit.experiments.seeding import derive_seed
 
-FAKE = Path(__file__).with_name("fake_cli.py")
+FAKE = Path(__file__).parent / "support" / "fake_cli.py"
 ROOT = Path(__file__).resolve().parents[1]
 
 

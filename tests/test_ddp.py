@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from support.launch import run_script, script_env
 
 
 def run_ddp(tmp_path: Path, *args: str) -> tuple[list[dict], str]:
-    script = Path(__file__).with_name("ddp_fit.py")
-    env = {**os.environ, "PYTHONWARNINGS": "default", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path), *args], capture_output=True, text=True,
-                          env=env, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_script("ddp_fit.py", tmp_path, *args, cwd=tmp_path, env=script_env(PYTHONWARNINGS="default"))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     return ranks, proc.stdout + proc.stderr
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import tiny_net
+from support.helpers import tiny_net
 from lightning_bninit import bn_param_groups, find_bn_layers
-from lightning_bninit.layers import param_roles
-from lightning_bninit.update import GroupSplitter
+from lightning_bninit.method.layers import param_roles
+from lightning_bninit.method.update import GroupSplitter
 
 
 def splitter(net: torch.nn.Module, c: float, exempt: bool = True) -> GroupSplitter:

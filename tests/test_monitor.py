@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import Classifier, dataset, loader, tiny_net, trainer as make_trainer
+from support.helpers import Classifier, dataset, loader, tiny_net, trainer as make_trainer
 from lightning_bninit import BNInit
-from lightning_bninit.monitor import BNMonitor, STATS, param_stats, xhat_stats
+from lightning_bninit import BNMonitor
+from lightning_bninit.monitoring.stats import STATS, param_stats, xhat_stats
 
 # ------------------------------------------------------------------------------------------------ pure statistics
 
@@ -118,7 +119,7 @@ class LoggingClassifier(Classifier):
         return loss
 
 
-def test_planted_outlier_and_drift_in_metrics_csv(tmp_path, capsys) -> None:
+def test_planted_outlier_and_drift_in_metrics_csv(tmp_path, caplog) -> None:
     m, a = 16, 100.0
     x = torch.zeros(m, 2)
     x[0, 0] = a
@@ -127,6 +128,7 @@ def test_planted_outlier_and_drift_in_metrics_csv(tmp_path, capsys) -> None:
     model = Classifier(nn.Sequential(nn.BatchNorm1d(2), nn.Linear(2, 2)), _sgd)
     callback = BNInit()
     trainer = _csv_trainer(tmp_path, max_steps=1, log_every_n_steps=1, callbacks=[callback])
+    caplog.set_level("INFO", logger="lightning_bninit")
     trainer.fit(model, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=m))
 
     rows = _rows(trainer.log_dir)
@@ -144,10 +146,11 @@ def test_planted_outlier_and_drift_in_metrics_csv(tmp_path, capsys) -> None:
     assert got["scale_drift"] > 0 and got["shift_drift"] > 0
     assert _values(rows, "bn/all/xhat_absmax")[0] == pytest.approx(math.sqrt(m - 1), rel=1e-5)
 
-    # end of fit: PNG plots in the logger's directory and the rich summary table on the console
+    # end of fit: PNG plots in the logger's directory and the summary table through the package's logger
     assert sorted(os.listdir(os.path.join(trainer.log_dir, "bn_monitor"))) == ["peak_xhat.png", "scale_drift.png"]
-    out = capsys.readouterr().out
-    assert "BN layers at the end of fit" in out and "net.0" in out
+    (table,) = [r.getMessage() for r in caplog.records if r.name.startswith("lightning_bninit")
+                and "BN layers at the end of fit" in r.getMessage()]
+    assert "net.0" in table
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])
@@ -238,7 +241,7 @@ def test_compiled_model_skips_activations_with_one_warning(tmp_path) -> None:
 def test_wandb_offline_run_file_has_keys_histograms_and_summary_table(tmp_path) -> None:
     from lightning.pytorch.loggers import WandbLogger
 
-    import wandb_reader
+    from support import wandb_reader
 
     assert os.environ.get("WANDB_MODE") == "offline"
     logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="bninit-test")
@@ -284,16 +287,9 @@ def test_wandb_offline_run_file_has_keys_histograms_and_summary_table(tmp_path) 
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_log_once_with_max_over_ranks(tmp_path) -> None:
-    import subprocess
-    import sys
+    from support.launch import run_script
 
-    script = os.path.join(os.path.dirname(__file__), "_ddp_monitor_script.py")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(script)), env.get("PYTHONPATH", "")])
-    env.pop("PL_DISABLE_FORK", None)
-    proc = subprocess.run([sys.executable, script, str(tmp_path)], env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_script("ddp_monitor.py", tmp_path)
 
     files = glob.glob(str(tmp_path / "**" / "metrics.csv"), recursive=True)
     assert len(files) == 1

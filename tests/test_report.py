@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lightning_bninit.__main__ import main
-from lightning_bninit.report import (format_markdown, load_results, paired_report, pairs_for_power,
+from lightning_bninit.experiments.command import main
+from lightning_bninit.experiments.report import (format_markdown, load_results, paired_report, pairs_for_power,
                                      plot_differences)
 
 BASE = [0.90, 0.91, 0.89, 0.92, 0.90, 0.88]

@@ -2,7 +2,7 @@ import hashlib
 
 import pytest
 
-from lightning_bninit.seeding import derive_seed, parse_seeds
+from lightning_bninit.experiments.seeding import derive_seed, parse_seeds
 
 
 def test_derive_seed_matches_md5_last_32_bits():

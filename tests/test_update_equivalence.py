@@ -8,7 +8,7 @@ from functools import partial
 import pytest
 import torch
 
-from helpers import Classifier, assert_same_params, dataset, loader, reference_fit, tiny_net, trainer
+from support.helpers import Classifier, assert_same_params, dataset, loader, reference_fit, tiny_net, trainer
 from lightning_bninit import BNInit
 
 LR, WD, INIT, C = 0.05, 1e-2, 0.1, 100.0

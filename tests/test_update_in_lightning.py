@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
-from helpers import Classifier, assert_same_params, dataset, loader, tiny_net, trainer
+from support.helpers import Classifier, assert_same_params, dataset, loader, tiny_net, trainer
 from lightning_bninit import BNInit, bn_param_groups
 
 LR, WD, C = 0.05, 1e-2, 100.0

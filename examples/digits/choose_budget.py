@@ -40,7 +40,7 @@ def epoch_losses(epochs: int, seed: int, arm: str) -> list[float]:
     from digits import DigitsCNN, DigitsDataModule
 
     from lightning_bninit import BNInit
-    from lightning_bninit.seeding import derive_seed
+    from lightning_bninit.experiments.seeding import derive_seed
 
     class _Losses(pl.Callback):
         def __init__(self) -> None:
@@ -66,7 +66,7 @@ def last_fifth_drop(losses: list[float]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lightning_bninit.seeding import parse_seeds
+    from lightning_bninit.experiments.seeding import parse_seeds
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ladder", default=",".join(map(str, LADDER)))

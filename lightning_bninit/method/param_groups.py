@@ -6,8 +6,8 @@ from typing import Any
 
 from torch import nn
 
-from lightning_bninit.layers import SCALE, SHIFT, find_bn_layers, param_roles
-from lightning_bninit.settings import Patterns, check_patterns, check_scale_lr_divisor
+from lightning_bninit.method.layers import SCALE, SHIFT, find_bn_layers, param_roles
+from lightning_bninit.method.settings import Patterns, check_patterns, check_scale_lr_divisor
 
 GROUP_MARKER = "bninit"
 """Key that :func:`bn_param_groups` sets in each group it builds (``"scale"``, ``"shift"`` or ``"other"``).

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from lightning_bninit.layers import find_bn_layers, is_default_init, is_materialized, is_trainable
-from lightning_bninit.settings import Patterns, check_init_scale, check_patterns
+from lightning_bninit.method.layers import find_bn_layers, is_default_init, is_materialized, is_trainable
+from lightning_bninit.method.settings import Patterns, check_init_scale, check_patterns
 
 
 @dataclass

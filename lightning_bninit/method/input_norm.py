@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from lightning_bninit.init import reset_bn_
+from lightning_bninit.compat import is_forward_redirected
+from lightning_bninit.method.init import reset_bn_
 
 RELU_STD = 0.58
 """sigma_act in the paper: the std of ReLU(z) for z ~ N(0, 1), sqrt((1 - 1/pi) / 2) = 0.5840, rounded as the paper
@@ -31,8 +32,7 @@ def _normalize_first_arg(
     module: nn.Module, args: tuple, kwargs: dict[str, Any]
 ) -> tuple[tuple, dict[str, Any]] | None:
     # A module-level function (not a closure) so that the hook survives pickling and deepcopy of the model.
-    patched = module.__dict__.get("forward")
-    if patched is not None and getattr(patched, "__func__", None) is not type(module).forward:
+    if is_forward_redirected(module):
         # Lightning's forward redirection (DDP, FSDP, DeepSpeed) patches `forward` and calls the module with the
         # batch to reach `training_step`; the real forward, called from there, is normalized.
         return None

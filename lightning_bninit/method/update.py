@@ -1,12 +1,6 @@
-"""The revised update, applied to an unmodified optimizer.
+"""The revised update on an unmodified optimizer: its param groups split for the length of one step.
 
-For the duration of one ``optimizer.step()`` the optimizer's param groups are replaced by the paper's split: within
-each user group, BN scales move to a copy of that group with ``lr / c`` (and no weight decay), BN shifts to a copy
-with no weight decay, everything else stays in a copy of the group as it is. Right after the step the user's own
-groups are put back. Optimizer state is keyed by parameter, so it is the same state a hand-built three-group optimizer
-would hold, and every hyperparameter is read from the user's group at step time, so LR schedulers (which only touch
-groups between steps) keep working unchanged. The result equals that three-group optimizer for every optimizer whose
-step treats each param group on its own, which :data:`SEPARABLE_OPTIMIZERS` lists.
+Why this is exact, and why the groups are put back after each step: ``docs/design.md`` ("The step split").
 """
 
 from __future__ import annotations
@@ -18,8 +12,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from lightning_bninit.layers import SCALE, SHIFT
-from lightning_bninit.param_groups import GROUP_MARKER
+from lightning_bninit.method.layers import SCALE, SHIFT
+from lightning_bninit.method.param_groups import GROUP_MARKER
 
 SEPARABLE_OPTIMIZERS: tuple[type[Optimizer], ...] = tuple(
     getattr(torch.optim, name)

@@ -15,7 +15,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_bninit import BNInit
-from lightning_bninit.monitor import BNMonitor, xhat_stats
+from lightning_bninit import BNMonitor
+from lightning_bninit.monitoring.stats import xhat_stats
 
 
 class Model(pl.LightningModule):

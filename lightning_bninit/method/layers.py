@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parameter import UninitializedParameter
 
-from lightning_bninit.settings import Pattern
+from lightning_bninit.method.settings import Pattern
 
 SCALE = "scale"
 SHIFT = "shift"

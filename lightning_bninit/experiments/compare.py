@@ -1,0 +1,214 @@
+"""``bninit compare``: run every missing (seed, arm) pair of an experiment and append one results line per run.
+
+The parent is the only writer of the results file (:class:`ResultsFile`); running the same command again skips the
+pairs that already have a finished line, and reruns failed ones. Trials run in worker threads that each wait on
+their child processes (:mod:`~lightning_bninit.experiments.trial`).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning_bninit import _extras
+from lightning_bninit.experiments.results_file import ResultsFile
+from lightning_bninit.experiments.spec import BUILTIN_ARMS, Experiment, ExperimentError, load_experiment
+from lightning_bninit.experiments.trial import ChildProcesses, plan_trial, run_trial
+
+__all__ = ["BUILTIN_ARMS", "Experiment", "ExperimentError", "ResultsFile", "load_experiment", "run_compare"]
+
+Pair = tuple[int, str]
+
+
+@dataclass
+class _Plan:
+    pairs: list[Pair]
+    todo: list[Pair]
+    warnings: list[str] = field(default_factory=list)
+
+
+def run_compare(
+    exp: Experiment,
+    seeds: list[int],
+    arms: list[str],
+    out: str | Path,
+    *,
+    parallel: int = 1,
+    runs_dir: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, int]:
+    """Run every missing (seed, arm) pair and append its line to ``out``.
+
+    Args:
+        exp: from :func:`load_experiment`.
+        seeds: the seeds, e.g. from :func:`~lightning_bninit.experiments.seeding.parse_seeds`.
+        arms: names of arms of ``exp``.
+        out: the JSONL results file (appended to; finished pairs in it are skipped).
+        parallel: trials at once. With several GPUs each worker gets its own through
+            ``CUDA_VISIBLE_DEVICES``; on one GPU they share it; on CPU each run gets
+            ``OMP_NUM_THREADS = cores // parallel`` unless set.
+        runs_dir: where run directories go (default: ``<out without suffix>_runs``).
+        progress: show a progress bar with runs done / total and the time left.
+        log: where to send one-line messages (default: stderr).
+
+    Returns:
+        Counts: ``total``, ``skipped`` (already finished), ``ok``, ``failed``.
+
+    Raises:
+        ExperimentError: unknown arm, bad ``parallel``, no seeds.
+        KeyboardInterrupt: after stopping the running children; finished lines are kept.
+    """
+    _validate(exp, seeds, arms, parallel)
+    rich_console = _extras.require("rich.console", "bninit compare")
+    console = rich_console.Console(stderr=True)
+    emit = log or (lambda msg: console.print(msg, markup=False, highlight=False, soft_wrap=True))
+    out = Path(out)
+    results = ResultsFile(out)
+    plan = _plan(exp, seeds, arms, results)
+    for warning in plan.warnings:
+        emit(f"warning: {warning}")
+    counts = {"total": len(plan.pairs), "skipped": len(plan.pairs) - len(plan.todo), "ok": 0, "failed": 0}
+    if counts["skipped"]:
+        emit(f"{counts['skipped']} of {len(plan.pairs)} runs already finished in {out}; skipping them")
+    if plan.todo:
+        runs = Path(runs_dir) if runs_dir else out.with_name(out.stem + "_runs")
+        _execute(exp, plan.todo, runs, results, parallel, counts, console, progress)
+    return counts
+
+
+def _validate(exp: Experiment, seeds: list[int], arms: list[str], parallel: int) -> None:
+    unknown = [a for a in arms if a not in exp.arms]
+    if unknown:
+        raise ExperimentError(f"unknown arm(s) {unknown}; defined arms: {', '.join(exp.arms)}")
+    if not arms:
+        raise ExperimentError("no arms given; e.g. --arms standard,bninit")
+    if not seeds:
+        raise ExperimentError(f"no seeds: pass --seeds (e.g. 1-15) or set 'seeds:' in {exp.path}")
+    if parallel < 1:
+        raise ExperimentError(f"--parallel must be >= 1, got {parallel}")
+
+
+def _plan(exp: Experiment, seeds: list[int], arms: list[str], results: ResultsFile) -> _Plan:
+    """The pairs to run (seed-major, so partial results pair up early), and warnings about the file."""
+    warnings = [w for w in [results.repair_tail()] if w]
+    done = results.finished()
+    pairs = [(s, a) for s in seeds for a in arms]
+    for (seed, arm), line in done.items():
+        if (seed, arm) in pairs and line.get("config", {}).get("overrides") not in (None, exp.arms[arm]):
+            warnings.append(f"finished run seed {seed} arm '{arm}' in {results.path} used different overrides "
+                            f"{line['config']['overrides']} than now {exp.arms[arm]}; it is kept, not rerun")
+    return _Plan(pairs=pairs, todo=[p for p in pairs if p not in done], warnings=warnings)
+
+
+def child_env(exp: Experiment, parallel: int, gpus: list[str]) -> dict[str, str]:
+    """The environment of the trials: the user's, the experiment's ``env``, this package on the path."""
+    env = dict(os.environ)
+    env.update(exp.env)
+    env.setdefault("WANDB_MODE", "offline")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env["PYTHONPATH"] = os.pathsep.join(_package_pythonpath() + [p for p in [env.get("PYTHONPATH")] if p])
+    if parallel > 1 and "OMP_NUM_THREADS" not in env and not gpus:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))  # avoid oversubscription
+    return env
+
+
+def _package_pythonpath() -> list[str]:
+    # Make the children import the same lightning_bninit as this process, installed or not.
+    import lightning_bninit
+
+    return [str(Path(p).resolve().parent) for p in lightning_bninit.__path__]
+
+
+def gpu_ids() -> list[str]:
+    """GPUs visible to this process, without importing torch."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [v.strip() for v in visible.split(",") if v.strip() and v.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
+
+
+def _execute(exp: Experiment, todo: list[Pair], runs_dir: Path, results: ResultsFile, parallel: int,
+             counts: dict[str, int], console: Any, progress: bool) -> None:
+    """Run the pairs on ``parallel`` worker slots; append each line as it finishes; stop children on Ctrl-C."""
+    gpus = gpu_ids()
+    env = child_env(exp, parallel, gpus)
+    children = ChildProcesses(exp.timeout_s)
+    slots: queue.Queue[int] = queue.Queue()
+    for i in range(parallel):
+        slots.put(i)
+
+    def job(seed: int, arm: str) -> dict[str, Any] | None:
+        slot = slots.get()
+        try:
+            if children.stopping.is_set():
+                return None
+            trial_env = dict(env)
+            if len(gpus) > 1:  # several GPUs: each worker slot gets its own
+                trial_env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+            record = run_trial(exp, plan_trial(exp, seed, arm, runs_dir), children, trial_env)
+            if record is not None and not children.stopping.is_set():
+                results.append(record)
+            return record
+        finally:
+            slots.put(slot)
+
+    pool = ThreadPoolExecutor(max_workers=parallel)
+    try:
+        with _progress_bar(console, progress) as bar:
+            task = bar.add_task("compare", total=len(todo))
+            futures: dict[Future, Pair] = {pool.submit(job, s, a): (s, a) for s, a in todo}
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    _report_done(fut, futures[fut], results, exp, counts, bar)
+                    bar.advance(task)
+    except KeyboardInterrupt:
+        children.stop_all()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _progress_bar(console: Any, progress: bool) -> Any:
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("runs"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+                    console=console, disable=not progress)
+
+
+def _report_done(fut: Future, pair: Pair, results: ResultsFile, exp: Experiment, counts: dict[str, int],
+                 bar: Any) -> None:
+    seed, arm = pair
+    try:
+        record = fut.result()
+    except Exception as err:  # a bug in the runner itself: record it, keep going
+        record = {"seed": seed, "arm": arm, "error": f"compare internal error: {err!r}", "duration_s": 0.0,
+                  "config": {}}
+        results.append(record)
+    if record is None:
+        return
+
+    def say(text: str) -> None:
+        bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    if "error" in record:
+        counts["failed"] += 1
+        say(f"FAILED seed {seed} {arm}: {record['error'].splitlines()[0]}")
+        return
+    counts["ok"] += 1
+    shown = ", ".join(f"{m}={record[m]:.4f}" for m in exp.metrics if isinstance(record.get(m), float))
+    say(f"done seed {seed} {arm} ({record['duration_s']:.1f} s) {shown}")

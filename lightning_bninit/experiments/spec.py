@@ -1,0 +1,201 @@
+"""Experiment files of ``bninit compare``: read, validate, and turn into an :class:`Experiment`.
+
+The format (paths relative to the file)::
+
+    script: main.py               # the LightningCLI script (or `module: pkg.main` for `python -m`)
+    config: base.yaml             # base LightningCLI config(s): a path or a list of paths
+    args: [--trainer.max_epochs=10]   # overrides shared by every arm (optional)
+    metrics: [test_acc]           # test metrics every run must log (optional; all are recorded)
+    seeds: 1-15                   # default for --seeds (optional)
+    arms:                         # named sets of CLI overrides (optional; `standard` and `bninit` are built in)
+      c10: [--bninit=true, --bninit.scale_lr_divisor=10]
+    default_arms: [standard, bninit]  # arms run without --arms
+    derive_seed: true             # seed_everything = MD5-derived seed, as the official code (default)
+    checkpoint: best              # test the ModelCheckpoint best (default) or `last` (end of fit)
+    test: separate                # `in_fit`: the script tests right after fit, in the same process
+    keep_checkpoints: false       # delete a run's *.ckpt once it has been tested (default)
+    timeout_s: null               # per phase (fit, test)
+    env: {}                       # extra environment variables for the runs
+    report: {metric: test_acc}    # print `bninit report` at the end (optional; also --report-metric)
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning_bninit import _extras
+from lightning_bninit.experiments.seeding import parse_seeds
+
+#: Arms available without defining them in the experiment file.
+BUILTIN_ARMS: dict[str, list[str]] = {
+    "standard": ["--bninit=true", "--bninit.init_scale=1.0", "--bninit.scale_lr_divisor=1.0"],
+    "bninit": ["--bninit=true"],
+}
+KNOWN_KEYS = frozenset({
+    "script", "module", "config", "args", "metrics", "seeds", "arms", "derive_seed", "checkpoint",
+    "keep_checkpoints", "timeout_s", "env", "report", "default_arms", "test",
+})
+
+
+class ExperimentError(ValueError):
+    """Invalid experiment file or compare options; the message is meant for the user as is."""
+
+
+@dataclass
+class Experiment:
+    """A parsed experiment file (see the module docstring for the format)."""
+
+    path: Path
+    command: list[str]
+    configs: list[Path]
+    args: list[str] = field(default_factory=list)
+    arms: dict[str, list[str]] = field(default_factory=lambda: dict(BUILTIN_ARMS))
+    metrics: list[str] = field(default_factory=list)
+    seeds: list[int] | None = None
+    default_arms: list[str] = field(default_factory=lambda: ["standard", "bninit"])
+    derive_seed: bool = True
+    checkpoint: str = "best"
+    keep_checkpoints: bool = False
+    test_in_fit: bool = False
+    timeout_s: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and validate an experiment file.
+
+    Args:
+        path: the YAML file.
+
+    Returns:
+        The experiment with paths resolved relative to the file.
+
+    Raises:
+        ExperimentError: missing file, invalid YAML, unknown keys, missing script or config, bad
+            values; the message names the key and what is allowed.
+    """
+    path = Path(path).resolve()
+    raw = _read(path)
+    where = str(path)
+    try:
+        return Experiment(
+            path=path,
+            command=_command(raw, path.parent, where),
+            configs=_configs(raw.get("config"), path.parent, where),
+            args=_as_args(raw.get("args"), "'args'"),
+            arms=_arms(raw.get("arms"), where),
+            metrics=_metrics(raw.get("metrics"), where),
+            seeds=parse_seeds(raw["seeds"]) if raw.get("seeds") is not None else None,
+            default_arms=_default_arms(raw.get("default_arms")),
+            derive_seed=bool(raw.get("derive_seed", True)),
+            checkpoint=_choice(raw, "checkpoint", ("best", "last"), where),
+            keep_checkpoints=bool(raw.get("keep_checkpoints", False)),
+            test_in_fit=_choice(raw, "test", ("separate", "in_fit"), where) == "in_fit",
+            timeout_s=_timeout(raw.get("timeout_s"), where),
+            env={str(k): str(v) for k, v in _mapping(raw, "env", "a mapping of environment variables", where).items()},
+            report=_mapping(raw, "report", "a mapping like {metric: test_acc}", where),
+        )
+    except ValueError as err:  # parse_seeds
+        if isinstance(err, ExperimentError):
+            raise
+        raise ExperimentError(f"{where}: {err}") from None
+
+
+def _read(path: Path) -> dict[str, Any]:
+    yaml = _extras.require("yaml", "bninit compare")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ExperimentError(f"experiment file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ExperimentError(f"{path}: invalid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ExperimentError(f"{path}: expected a mapping with at least 'script' or 'module'")
+    unknown = sorted(set(raw) - KNOWN_KEYS)
+    if unknown:
+        raise ExperimentError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(KNOWN_KEYS)}")
+    return raw
+
+
+def _as_args(value: Any, what: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return shlex.split(value)
+    if isinstance(value, list) and all(isinstance(v, (str, int, float, bool)) for v in value):
+        return [str(v) for v in value]
+    raise ExperimentError(f"{what} must be a list of CLI arguments or one string, got {value!r}")
+
+
+def _command(raw: dict[str, Any], base: Path, where: str) -> list[str]:
+    if bool(raw.get("script")) == bool(raw.get("module")):
+        raise ExperimentError(f"{where}: set exactly one of 'script' (a file) or 'module' (run with python -m)")
+    if raw.get("module"):
+        return [sys.executable, "-m", str(raw["module"])]
+    script = (base / str(raw["script"])).resolve()
+    if not script.is_file():
+        raise ExperimentError(f"{where}: script not found: {script}")
+    return [sys.executable, str(script)]
+
+
+def _configs(value: Any, base: Path, where: str) -> list[Path]:
+    items = [value] if isinstance(value, str) else (value or [])
+    if not isinstance(items, list):
+        raise ExperimentError(f"{where}: 'config' must be a path or a list of paths, got {value!r}")
+    configs = []
+    for item in items:
+        cfg = (base / str(item)).resolve()
+        if not cfg.is_file():
+            raise ExperimentError(f"{where}: config file not found: {cfg}")
+        configs.append(cfg)
+    return configs
+
+
+def _arms(value: Any, where: str) -> dict[str, list[str]]:
+    arms = dict(BUILTIN_ARMS)
+    if not isinstance(value or {}, dict):
+        raise ExperimentError(f"{where}: 'arms' must map arm names to lists of CLI overrides")
+    for name, overrides in (value or {}).items():
+        if not isinstance(name, str) or not name or "," in name:
+            raise ExperimentError(f"{where}: invalid arm name {name!r} (non-empty, no commas)")
+        arms[name] = _as_args(overrides, f"arm '{name}'")
+    return arms
+
+
+def _metrics(value: Any, where: str) -> list[str]:
+    metrics = [value] if isinstance(value, str) else (value or [])
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        raise ExperimentError(f"{where}: 'metrics' must be a list of metric names, got {metrics!r}")
+    return list(metrics)
+
+
+def _default_arms(value: Any) -> list[str]:
+    value = value or ["standard", "bninit"]
+    return value.split(",") if isinstance(value, str) else list(value)
+
+
+def _choice(raw: dict[str, Any], key: str, allowed: tuple[str, ...], where: str) -> str:
+    value = raw.get(key, allowed[0])
+    if value not in allowed:
+        raise ExperimentError(f"{where}: '{key}' must be {' or '.join(repr(a) for a in allowed)}, got {value!r}")
+    return value
+
+
+def _mapping(raw: dict[str, Any], key: str, what: str, where: str) -> dict[str, Any]:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise ExperimentError(f"{where}: '{key}' must be {what}")
+    return value
+
+
+def _timeout(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ExperimentError(f"{where}: 'timeout_s' must be a positive number of seconds, got {value!r}")
+    return float(value)

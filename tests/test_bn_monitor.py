@@ -1,0 +1,167 @@
+"""BNMonitor as a callback of its own (issue 9): any model, no effect on training, one logger call per step next to
+BNInit, history kept across a resume, settings as hyperparameters."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import os
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger
+from support.helpers import Classifier, dataset, loader, tiny_net, trainer
+
+from lightning_bninit import BNInit, BNMonitor
+from lightning_bninit.monitoring.stats import STATS
+
+
+def _sgd(params):
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3)
+
+
+class RecordingLogger(Logger):
+    """Keeps every ``log_metrics`` and ``log_hyperparams`` call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[int | None, dict[str, Any]]] = []
+        self.hparams: list[dict[str, Any]] = []
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        self.calls.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        self.hparams.append(dict(params))
+
+    def bn_steps(self) -> list[int | None]:
+        return [step for step, metrics in self.calls if any(k.startswith("bn/") for k in metrics)]
+
+
+def test_standalone_monitor_watches_a_standard_model(tmp_path) -> None:
+    model = Classifier(tiny_net(), _sgd)
+    logger = RecordingLogger()
+    monitor = BNMonitor(log_every_n_steps=2, plots=False)
+    trainer(logger=logger, max_steps=6, callbacks=[monitor]).fit(model, loader(dataset(dtype=torch.float32)))
+    assert monitor.layer_names == ["net.1", "net.4", "net.9"]  # every affine BN layer, network order
+    assert logger.bn_steps() == [1, 3, 5]
+    last = logger.calls[-1][1]
+    assert {f"bn/net.9/{s}" for s in STATS} <= set(last)
+    # drift from the values at the start of fit: PyTorch's scale 1 and shift 0 (no BNInit here)
+    assert last["bn/net.4/scale_drift"] == pytest.approx((model.net[4].weight - 1).abs().mean().item(), rel=1e-5)
+    assert last["bn/net.4/shift_drift"] == pytest.approx(model.net[4].bias.abs().mean().item(), rel=1e-5)
+    assert last["bn/net.4/scale_drift"] > 0
+    assert monitor.history.steps == [1, 3, 5] and monitor.history.initial_scale == {"net.1": 1.0, "net.4": 1.0,
+                                                                                    "net.9": 1.0}
+    assert logger.hparams[-1]["bn_monitor"]["log_every_n_steps"] == 2
+
+
+def test_include_and_exclude_choose_the_layers() -> None:
+    monitor = BNMonitor(include="net.*", exclude=["net.9"], plots=False)
+    trainer(logger=RecordingLogger(), max_steps=1, callbacks=[monitor]).fit(
+        Classifier(tiny_net(), _sgd), loader(dataset(dtype=torch.float32)))
+    assert monitor.layer_names == ["net.1", "net.4"]
+
+
+def test_monitor_changes_nothing_in_training() -> None:
+    torch.manual_seed(0)
+    net = tiny_net().double()
+    fitted = []
+    for callbacks in ([], [BNMonitor(log_every_n_steps=1, plots=False)]):
+        model = Classifier(copy.deepcopy(net), _sgd)
+        trainer(logger=RecordingLogger(), max_steps=5, callbacks=callbacks).fit(model, loader(dataset()))
+        fitted.append(model)
+    for (name, a), b in zip(fitted[0].state_dict().items(), fitted[1].state_dict().values()):
+        assert torch.equal(a, b), name  # bit for bit, buffers included
+
+
+def test_monitor_next_to_bninit_logs_each_step_once() -> None:
+    bninit, monitor = BNInit(), BNMonitor(log_every_n_steps=1, plots=False)
+    logger = RecordingLogger()
+    trainer(logger=logger, max_steps=3, callbacks=[bninit, monitor]).fit(
+        Classifier(tiny_net(), _sgd), loader(dataset(dtype=torch.float32)))
+    assert logger.bn_steps() == [0, 1, 2]  # not [0, 0, 1, 1, 2, 2]
+    assert bninit.monitor.history.steps == []  # the callback's own monitor stayed idle
+    # the Trainer's monitor measures drift from BNInit's values at the start of fit, i.e. from 0.1
+    assert monitor.history.initial_scale["net.1"] == pytest.approx(0.1)
+
+
+def test_bninit_monitor_given_to_the_trainer_too_logs_once_on_its_layers() -> None:
+    monitor = BNMonitor(log_every_n_steps=1, plots=False)
+    logger = RecordingLogger()
+    trainer(logger=logger, max_steps=2, callbacks=[BNInit(monitor=monitor, exclude="net.9"), monitor]).fit(
+        Classifier(tiny_net(), _sgd), loader(dataset(dtype=torch.float32)))
+    assert logger.bn_steps() == [0, 1] and monitor.layer_names == ["net.1", "net.4"]
+
+
+def test_two_monitors_are_refused() -> None:
+    with pytest.raises(ValueError, match="2 BNMonitor callbacks"):
+        trainer(max_steps=1, callbacks=[BNMonitor(), BNMonitor(log_every_n_steps=3)]).fit(
+            Classifier(tiny_net(), _sgd), loader(dataset(dtype=torch.float32)))
+
+
+@pytest.mark.parametrize("owner", ["bninit", "standalone"])
+def test_history_is_part_of_the_checkpoint_and_covers_the_whole_run_after_resume(tmp_path, owner) -> None:
+    data = loader(dataset(n=32, dtype=torch.float32))  # 4 steps per epoch
+
+    def callbacks() -> list:
+        monitor = BNMonitor(log_every_n_steps=1)
+        return [BNInit(monitor=monitor)] if owner == "bninit" else [monitor]
+
+    def monitor_of(cbs: list) -> BNMonitor:
+        return cbs[0].monitor if owner == "bninit" else cbs[0]
+
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
+    first = callbacks()
+    trainer(logger=CSVLogger(str(tmp_path), name="a"), max_epochs=1, callbacks=[*first, ckpt],
+            enable_checkpointing=True).fit(Classifier(tiny_net(), _sgd), data)
+    saved = torch.load(ckpt.last_model_path, weights_only=True)["callbacks"]  # plain, weights_only-safe state
+    assert any("history" in str(state) for state in saved.values())
+
+    second = callbacks()
+    t = trainer(logger=CSVLogger(str(tmp_path), name="b"), max_epochs=2, callbacks=second)
+    t.fit(Classifier(tiny_net(), _sgd), data, ckpt_path=ckpt.last_model_path)
+    history = monitor_of(second).history
+    assert history.steps == list(range(8))  # steps of the first run, then of the resumed one
+    assert len(history.rows) == 8
+    assert os.path.isfile(os.path.join(t.log_dir, "bn_monitor", "scale_drift.png"))
+    # drift stays relative to the original start of fit (scale 1 without BNInit, 0.1 with it)
+    expected_init = 0.1 if owner == "bninit" else 1.0
+    assert history.initial_scale["net.1"] == pytest.approx(expected_init)
+
+
+def test_settings_reach_the_loggers_as_hyperparameters(tmp_path) -> None:
+    logger = CSVLogger(str(tmp_path), name="", version="run")
+    trainer(logger=logger, max_steps=1, log_every_n_steps=1,
+            callbacks=[BNInit(init_scale=0.2, monitor=BNMonitor(plots=False))]).fit(
+        Classifier(tiny_net(), _sgd), loader(dataset(dtype=torch.float32)))
+    hparams = yaml.safe_load(open(os.path.join(logger.log_dir, "hparams.yaml")))
+    assert hparams["bninit"]["init_scale"] == 0.2 and hparams["bninit"]["scale_lr_divisor"] == 100.0
+    assert hparams["bn_monitor"]["plots"] is False
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
+        assert "bn/net.1/scale_drift" in next(csv.reader(f))
+
+
+def test_state_key_names_the_settings() -> None:
+    assert BNMonitor(log_every_n_steps=3).state_key != BNMonitor().state_key
+    assert BNMonitor(log_every_n_steps=3).state_key.startswith("BNMonitor{")
+
+
+def test_plots_true_without_matplotlib_names_the_extra(monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"pip install 'lightning-bninit\[experiments\]'"):
+        BNMonitor(plots=True)
+    assert BNMonitor().plots is False  # the default just skips the plots
