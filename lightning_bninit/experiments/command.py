@@ -21,6 +21,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="bninit",
         description="Paired-seed experiments for Revisiting Batch Norm Initialization (Davis & Frank, ECCV 2022).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="{compare,report}")
     sub.required = True
 
@@ -53,6 +54,15 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     rep.add_argument("--skip-bad-lines", action="store_true", help="leave malformed lines out instead of failing")
     return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("lightning-bninit")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree that is not installed
+        return "unknown"
 
 
 def _report(args: argparse.Namespace) -> int:
