@@ -177,9 +177,9 @@ DIVERGED_FILE = (
     '{"seed": 1, "arm": "standard", "test_acc": 0.80}\n{"seed": 1, "arm": "bninit", "test_acc": 0.83}\n'
     '{"seed": 2, "arm": "standard", "test_acc": 0.82}\n{"seed": 2, "arm": "bninit", "test_acc": NaN}\n'
     '{"seed": 3, "arm": "standard", "test_acc": 0.79}\n{"seed": 3, "arm": "bninit", "test_acc": 0.81}\n'
-    '{"seed": 4, "arm": "standard", "test_acc": -Infinity}\n{"seed": 4, "arm": "bninit", "test_acc": Infinity}\n'
+    '{"seed": 4, "arm": "standard", "test_acc": -Infinity}\n{"seed": 4, "arm": "bninit", "test_acc": 0.80}\n'
     '{"seed": 5, "arm": "standard", "test_acc": 0.81}\n{"seed": 5, "arm": "bninit", "test_acc": 0.85}\n'
-    '{"seed": 6, "arm": "bninit", "test_acc": NaN}\n'
+    '{"seed": 6, "arm": "bninit", "test_acc": Infinity}\n'
 )
 
 
@@ -187,20 +187,22 @@ def test_diverged_runs_are_counted_and_their_pairs_dropped(tmp_path: Path) -> No
     path = tmp_path / "r.jsonl"
     path.write_text(DIVERGED_FILE)  # NaN / Infinity as the recorder writes them (Python's json reads them)
     results = load_results(path)
-    assert math.isnan(results.runs[3].metrics["test_acc"]) and results.runs[7].metrics["test_acc"] == math.inf
+    assert math.isnan(results.runs[3].metrics["test_acc"]) and results.runs[6].metrics["test_acc"] == -math.inf
     rep = paired_report(results, "test_acc", n_resamples=200)
+    # seed 2: the treatment diverged; seed 4: the baseline diverged; seed 6: diverged and unpaired
     assert rep.seeds == [1, 3, 5] and rep.n_pairs == 3 and rep.n_pairs_dropped_diverged == 2
-    assert rep.diverged_runs == {"standard": [4], "bninit": [2, 4, 6]}
+    assert rep.diverged_runs == {"standard": [4], "bninit": [2, 6]}
     assert rep.unpaired == {"standard": [], "bninit": [6]}
     base, treat = np.array([0.80, 0.79, 0.81]), np.array([0.83, 0.81, 0.85])
     assert rep.mean_diff == pytest.approx((treat - base).mean())
     assert rep.p_value_ttest == pytest.approx(stats.ttest_rel(treat, base, alternative="greater").pvalue)
-    assert rep.arms["bninit"] == {"n": 3, "mean": pytest.approx(treat.mean()), "std": pytest.approx(treat.std(ddof=1)),
-                                  "diverged": 3}
-    assert rep.verdict.endswith("3 pairs); 2 pair(s) dropped for diverged runs (standard 1, bninit 3)")
+    finite = np.array([0.83, 0.81, 0.80, 0.85])  # every finite run of the arm, paired or not
+    assert rep.arms["bninit"] == {"n": 4, "mean": pytest.approx(finite.mean()),
+                                  "std": pytest.approx(finite.std(ddof=1)), "diverged": 2}
+    assert rep.verdict.endswith("3 pairs); 2 pair(s) dropped for diverged runs (standard 1, bninit 2)")
     assert any("2 pair(s) of 'standard' and 'bninit' with a diverged run dropped (seeds [2, 4])" in n
                for n in rep.notes)
-    assert "| bninit | 3 | 0.8300 | 0.0200 | 3 |" in format_markdown(rep)
+    assert "| bninit | 4 | 0.8225 | 0.0222 | 2 |" in format_markdown(rep)
     assert "| pairs | 3 (2 more dropped: diverged runs) |" in format_markdown(rep)
 
 
@@ -210,7 +212,7 @@ def test_diverged_runs_in_the_json_output(tmp_path: Path, capsys: pytest.Capture
     assert main(["report", str(path), "--metric", "test_acc", "--json", "--resamples", "200"]) == 0
     out = capsys.readouterr().out
     obj = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON output"))  # strict JSON
-    assert obj["n_diverged_runs"] == {"standard": 1, "bninit": 3}
-    assert obj["diverged_runs"] == {"standard": [4], "bninit": [2, 4, 6]}
+    assert obj["n_diverged_runs"] == {"standard": 1, "bninit": 2}
+    assert obj["diverged_runs"] == {"standard": [4], "bninit": [2, 6]}
     assert obj["n_pairs_dropped_diverged"] == 2 and obj["n_pairs"] == 3
-    assert obj["arms"]["bninit"]["diverged"] == 3
+    assert obj["arms"]["bninit"]["diverged"] == 2
