@@ -115,24 +115,56 @@ def reference_fit(
     for group in groups:
         group.pop("bninit")
     optimizer = make_optimizer(groups)
-    scheduler = make_scheduler(optimizer) if make_scheduler else None
+    plain_loop(net, optimizer, make_scheduler(optimizer) if make_scheduler else None, ds, steps_per_epoch, epochs,
+               batch_size=batch_size, accumulate=accumulate, clip_norm=clip_norm)
+    return net
+
+
+def plain_loop(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    ds: TensorDataset,
+    steps_per_epoch: int,
+    epochs: int,
+    *,
+    batch_size: int = 8,
+    accumulate: int = 1,
+    clip_norm: float | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    inf_at: frozenset[int] = frozenset(),
+    after_step: Callable[[int], None] | None = None,
+) -> None:
+    """A plain training loop: accumulation, clipping (after unscaling), an optional GradScaler that skips the steps
+    in ``inf_at`` (an infinite loss), the scheduler stepped every optimizer step, ``after_step(step)`` after it."""
     data = loader(ds, batch_size)
     net.train()
+    step = 0
     for _ in range(epochs):
         for i, (x, y) in enumerate(data):
             if i >= steps_per_epoch * accumulate:
                 break
             loss = nn.functional.cross_entropy(net(x), y) / accumulate
-            loss.backward()
+            if step in inf_at:
+                loss = loss * float("inf")
+            (scaler.scale(loss) if scaler is not None else loss).backward()
             if (i + 1) % accumulate:
                 continue
+            if scaler is not None:
+                scaler.unscale_(optimizer)
             if clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), clip_norm)
-            optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             optimizer.zero_grad()
             if scheduler is not None:
                 scheduler.step()
-    return net
+            if after_step is not None:
+                after_step(step)
+            step += 1
 
 
 def assert_same_params(a: nn.Module, b: nn.Module, rtol: float = 1e-10, atol: float = 1e-12) -> None:
