@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from support.helpers import assert_same_params, dataset, plain_loop, reference_fit, tiny_net
+from support.helpers import PlainSGD, assert_same_params, dataset, plain_loop, reference_fit, tiny_net
 from lightning_bninit import RELU_STD, attach, bn_param_groups, init_bn_
 from lightning_bninit.method.input_norm import attach_input_norm
 
@@ -230,20 +230,6 @@ def test_attach_and_bninit_on_one_optimizer_are_refused() -> None:
     treatment = treat(net, MethodSettings(), BNINIT, warnings.warn, deferred=True)  # what BNInit builds at setup
     with pytest.raises(ValueError, match="already attached"):
         treatment.attach(optimizer, BNINIT)
-
-
-class PlainSGD(torch.optim.Optimizer):
-    """A third-party optimizer whose step treats each group on its own: p -= lr * (grad + weight_decay * p)."""
-
-    def __init__(self, params: Any, lr: float, weight_decay: float = 0.0) -> None:
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> None:
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.add_(p.grad + group["weight_decay"] * p, alpha=-group["lr"])
 
 
 def test_third_party_optimizer_refused_unless_declared_separable_then_exact() -> None:

@@ -12,16 +12,17 @@ import pytest
 import torch
 from torch import nn
 
-from support.helpers import Classifier, assert_same_params, dataset, loader, tiny_net, trainer
+from support.helpers import PlainSGD, Classifier, assert_same_params, dataset, loader, reference_fit, tiny_net, trainer
 from lightning_bninit import RELU_STD, BNInit, BNMonitor, InputNorm, bn_param_groups, init_bn_
 
 SGD = partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=1e-2)
 
 
-def fit(model: nn.Module, callback: BNInit, callbacks_extra: tuple = (), **kwargs) -> None:
+def fit(model: nn.Module, callback: BNInit, callbacks_extra: tuple = (), dtype: torch.dtype = torch.float32,
+        **kwargs) -> None:
     kwargs.setdefault("max_epochs", 1)
     kwargs.setdefault("limit_train_batches", 2)
-    trainer(callbacks=[callback, *callbacks_extra], **kwargs).fit(model, loader(dataset(dtype=torch.float32)))
+    trainer(callbacks=[callback, *callbacks_extra], **kwargs).fit(model, loader(dataset(dtype=dtype)))
 
 
 def bn_layers(module: nn.Module) -> list[nn.Module]:
@@ -172,9 +173,23 @@ def test_unsupported_optimizer_gets_a_clear_error() -> None:
 
     with pytest.raises(TypeError, match=r"optimizer .*Lion.*bn_param_groups.*separable_optimizers=\[.*Lion\]"):
         fit(Classifier(tiny_net(), Lion), BNInit())
-    fit(Classifier(tiny_net(), Lion), BNInit(separable_optimizers=[Lion]))
     with pytest.raises(TypeError, match="LBFGS"):
         fit(Classifier(tiny_net(), torch.optim.LBFGS), BNInit())
+
+
+def test_declared_separable_optimizer_gets_the_exact_update() -> None:
+    """A third-party optimizer passed as separable_optimizers trains exactly as with the hand-built three groups."""
+    torch.manual_seed(0)
+    start = tiny_net().double()
+    plain_sgd = partial(PlainSGD, lr=0.05, weight_decay=1e-2)
+    with pytest.raises(TypeError, match="PlainSGD"):
+        fit(Classifier(copy.deepcopy(start), plain_sgd), BNInit())
+    model = Classifier(copy.deepcopy(start), plain_sgd)
+    fit(model, BNInit(separable_optimizers=[PlainSGD]), dtype=torch.float64, precision="64-true", max_epochs=2,
+        limit_train_batches=3)
+    expected = reference_fit(start, dataset(dtype=torch.float64), plain_sgd, None, 3, 2, init_scale=0.1,
+                             divisor=100.0, lr=0.05, weight_decay=1e-2)
+    assert_same_params(model.net, expected)
 
 
 def test_unsupported_optimizer_without_bn_params_is_fine() -> None:

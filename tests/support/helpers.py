@@ -167,6 +167,25 @@ def plain_loop(
             step += 1
 
 
+class PlainSGD(torch.optim.Optimizer):
+    """A third-party optimizer whose step treats each group on its own: p -= lr * (grad + weight_decay * p)."""
+
+    def __init__(self, params: Any, lr: float, weight_decay: float = 0.0) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.add_(p.grad + group["weight_decay"] * p, alpha=-group["lr"])
+        return loss
+
+
 def assert_same_params(a: nn.Module, b: nn.Module, rtol: float = 1e-10, atol: float = 1e-12) -> None:
     sa, sb = dict(a.named_parameters()), dict(b.named_parameters())
     assert sa.keys() == sb.keys()
