@@ -16,7 +16,7 @@ from torch import nn
 from support.helpers import Classifier, dataset, loader, tiny_net, trainer as make_trainer
 from lightning_bninit import BNInit
 from lightning_bninit import BNMonitor
-from lightning_bninit.monitoring.stats import STATS, param_stats, xhat_stats
+from lightning_bninit.monitoring.stats import STATS, param_stats, summarize, xhat_stats
 
 # ------------------------------------------------------------------------------------------------ pure statistics
 
@@ -68,6 +68,39 @@ def test_param_stats_by_hand() -> None:
     assert (got["shift_mean"], got["shift_std"]) == pytest.approx((0.0, 1.0))
     assert got["scale_drift"] == pytest.approx(0.1)  # (0 + 0.2) / 2
     assert got["shift_drift"] == pytest.approx(1.0)
+
+
+# What each network summary is, from docs/design.md ("The monitor"), written out rather than read from the code.
+SUMMARY = {"xhat_absmax": max, "xhat_bound_ratio": max, "out_absmax": max, "scale_max": max,
+           "scale_drift": lambda v: sum(v) / len(v), "shift_drift": lambda v: sum(v) / len(v),
+           "xhat_frac_gt3": lambda v: sum(v) / len(v)}
+
+
+def test_network_summaries_are_maxima_and_means_over_layers() -> None:
+    rows = torch.arange(3 * len(STATS), dtype=torch.float64).reshape(3, len(STATS)) ** 1.5  # distinct per layer
+    rows[1, STATS.index("xhat_absmax")] = math.nan  # a layer without x̂ is left out, not counted as 0
+    got = summarize(rows)
+    assert set(got) == set(SUMMARY)
+    for stat, reduce in SUMMARY.items():
+        column = [v for v in rows[:, STATS.index(stat)].tolist() if not math.isnan(v)]
+        assert float(got[stat]) == pytest.approx(reduce(column), rel=1e-12), stat
+        assert max(column) != pytest.approx(sum(column) / len(column))  # the two readings differ here
+
+
+def test_network_summaries_in_the_logged_rows_of_a_three_layer_network(tmp_path) -> None:
+    model = Classifier(tiny_net(), _sgd)
+    trainer = _csv_trainer(tmp_path, max_steps=3, log_every_n_steps=1,
+                           callbacks=[BNInit(monitor=BNMonitor(plots=False, console_summary=False))])
+    trainer.fit(model, loader(dataset(dtype=torch.float32)))
+    rows = _rows(trainer.log_dir)
+    logged = [r for r in rows if r.get("bn/all/scale_drift")]
+    assert len(logged) == 3
+    for row in logged:
+        for stat, reduce in SUMMARY.items():
+            per_layer = [float(row[f"bn/{layer}/{stat}"]) for layer in ("net.1", "net.4", "net.9")]
+            assert float(row[f"bn/all/{stat}"]) == pytest.approx(reduce(per_layer), rel=1e-6), stat
+    drifts = [float(logged[-1][f"bn/{layer}/scale_drift"]) for layer in ("net.1", "net.4", "net.9")]
+    assert len(set(drifts)) == 3  # layers moved differently, so a max would not pass for the mean
 
 
 def test_monitor_argument_is_checked() -> None:
