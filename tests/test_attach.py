@@ -161,7 +161,8 @@ def test_input_norm_matches_three_groups_and_joins_the_first_group() -> None:
     handle = attach(net, optimizer, input_norm=True)
     group = optimizer.param_groups[0]
     assert len(optimizer.param_groups) == 1 and len(group["params"]) == n_params + 1
-    assert group["params"][-1] is net.bninit_input_norm.weight and group["param_names"][-1] == "bninit_input_norm.weight"
+    assert group["params"][-1] is net.bninit_input_norm.weight
+    assert group["param_names"][-1] == "bninit_input_norm.weight"
     assert handle.layer_names == ["bninit_input_norm", "1", "4", "9"]
     plain_loop(net, optimizer, None, dataset(), STEPS, 1)
 
