@@ -274,6 +274,9 @@ def test_not_an_optimizer_and_input_norm_without_its_module_in_an_optimizer() ->
         attach(net, "sgd")
     with pytest.raises(ValueError, match="no optimizer given to attach holds a parameter of it"):
         attach(net, torch.optim.SGD(net[9:].parameters(), lr=LR), input_norm="0")
+    with pytest.warns(UserWarning, match=r"none of the 1 optimizer\(s\) given holds a parameter of the 3 BN"):
+        handle = attach(net, torch.optim.SGD(net[0].parameters(), lr=LR))
+    assert handle.optimizers == []
 
 
 def test_lazy_bn_is_set_on_its_first_forward_and_gets_the_update() -> None:

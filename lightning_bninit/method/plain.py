@@ -141,6 +141,10 @@ def attach(
         _add_trained_input_norm(model, settings, optimizers)
     treatment = treat(model, settings, ATTACH, _warn, deferred=False)
     attached = [opt for opt in optimizers if treatment.attach(opt, ATTACH)]
+    if treatment.layer_names and not attached:
+        _warn(f"attach: none of the {len(optimizers)} optimizer(s) given holds a parameter of the "
+              f"{len(treatment.layer_names)} BN layer(s) it treats, so their update is unchanged (their values were "
+              "set). Pass the optimizer that trains them.")
     return BNInitHandle(model, treatment, attached)
 
 
