@@ -274,6 +274,7 @@ def test_not_an_optimizer_and_input_norm_without_its_module_in_an_optimizer() ->
         attach(net, "sgd")
     with pytest.raises(ValueError, match="no optimizer given to attach holds a parameter of it"):
         attach(net, torch.optim.SGD(net[9:].parameters(), lr=LR), input_norm="0")
+    assert not hasattr(net[0], "bninit_input_norm")  # refused before the layer was added
     with pytest.warns(UserWarning, match=r"none of the 1 optimizer\(s\) given holds a parameter of the 3 BN"):
         handle = attach(net, torch.optim.SGD(net[0].parameters(), lr=LR))
     assert handle.optimizers == []
@@ -302,3 +303,14 @@ def test_lazy_bn_loaded_from_a_checkpoint_keeps_the_loaded_values() -> None:
     lazy.load_state_dict(trained.state_dict())
     lazy(torch.randn(2, 4, 3, 3))
     assert torch.equal(lazy.weight, trained.weight)
+
+
+def test_input_norm_channels_from_the_first_conv_or_the_setting() -> None:
+    net = tiny_net()
+    attach(net, torch.optim.SGD(net.parameters(), lr=LR), input_norm=True)
+    assert net.bninit_input_norm.num_features == 3  # the first conv's in_channels
+    pooled = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.BatchNorm2d(3))
+    with pytest.raises(ValueError, match=r"cannot tell how many channels .*attach\(model, optimizer, input_channels"):
+        attach(pooled, torch.optim.SGD(pooled.parameters(), lr=LR), input_norm=True)
+    attach(pooled, torch.optim.SGD(pooled.parameters(), lr=LR), input_norm=True, input_channels=3)
+    assert pooled.bninit_input_norm.num_features == 3

@@ -20,6 +20,7 @@ from lightning_bninit import compat
 from lightning_bninit.method.layers import find_bn_layers, param_roles
 from lightning_bninit.method.settings import MethodSettings, Patterns
 from lightning_bninit.method.step_hooks import is_attached_anywhere
+from lightning_bninit.method.input_norm import find_input_norm
 from lightning_bninit.method.treatment import ATTACH, Treatment, add_input_norm, input_module, treat
 from lightning_bninit.method.update import GroupSplitter, is_separable, unsupported_optimizer_message
 
@@ -199,23 +200,24 @@ def _check_optimizers(model: nn.Module, settings: MethodSettings, optimizers: li
 
 def _add_trained_input_norm(model: nn.Module, settings: MethodSettings, optimizers: list[Optimizer]) -> None:
     module = input_module(model, settings, ATTACH)
-    norm, _ = add_input_norm(model, settings, ATTACH, _info)
-    trained = [p for p in norm.parameters() if p.requires_grad]
+    existing = find_input_norm(module)
     held = {id(p) for opt in optimizers for group in opt.param_groups for p in group["params"]}
-    if all(id(p) in held for p in trained):
+    if existing is not None and all(id(p) in held for p in existing.parameters() if p.requires_grad):
         return  # attached before (e.g. the same model again after remove())
-    group = _group_of_first_parameter(module, norm, optimizers, settings)
+    group = _group_of_first_parameter(module, existing, optimizers, settings)  # before anything is added
+    norm, _ = add_input_norm(model, settings, ATTACH, _info)
     names = {id(p): n for n, p in model.named_parameters()}
-    for param in trained:
-        group["params"].append(param)
-        if "param_names" in group:
-            group["param_names"].append(names[id(param)])
+    for param in norm.parameters():
+        if param.requires_grad and id(param) not in held:
+            group["params"].append(param)
+            if "param_names" in group:
+                group["param_names"].append(names[id(param)])
 
 
 def _group_of_first_parameter(
-    module: nn.Module, norm: _BatchNorm, optimizers: list[Optimizer], settings: MethodSettings
+    module: nn.Module, norm: _BatchNorm | None, optimizers: list[Optimizer], settings: MethodSettings
 ) -> dict[str, Any]:
-    own = {id(p) for p in norm.parameters()}
+    own = {id(p) for p in norm.parameters()} if norm is not None else set()
     where = {id(p): group for opt in optimizers for group in opt.param_groups for p in group["params"]}
     for param in module.parameters():
         if id(param) not in own and id(param) in where:

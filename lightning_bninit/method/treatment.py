@@ -150,10 +150,10 @@ def add_input_norm(
     if channels is None:
         channels = infer_input_channels(module, example_input)
         if channels is None:
+            example = " or the LightningModule's example_input_array" if caller is BNINIT else ""
             raise ValueError(
                 f"{caller.with_option(f'input_norm={settings.input_norm!r}')} cannot tell how many channels the "
-                f"input of {type(module).__name__} has: set {caller.with_option('input_channels=...')} or give an "
-                "example input (a LightningModule's example_input_array)."
+                f"input of {type(module).__name__} has: set {caller.with_option('input_channels=...')}{example}."
             )
         info(f"{caller.name}: input BN on {type(module).__name__} with {channels} channels.")
     return attach_input_norm(module, channels, settings.init_scale), True
