@@ -56,7 +56,8 @@ class BNInit(Callback):
             By default such layers look pretrained: their values are kept (with one warning that lists them), and
             they still get the revised update.
         separable_optimizers: optimizer classes, beyond PyTorch's own, whose ``step`` updates each param group
-            independently; only for these can the update be applied exactly.
+            independently; only for these can the update be applied exactly. Subclasses that keep the ``step`` of a
+            separable class qualify without being listed.
         monitor: log per-layer BN statistics of the treated layers (scale/shift, drift from the initial values,
             normalized-activation magnitudes) to the Trainer's loggers, with a
             :class:`~lightning_bninit.BNMonitor`; ``False`` turns it off; a ``BNMonitor(...)`` sets its options
@@ -64,8 +65,9 @@ class BNInit(Callback):
 
     Raises:
         ValueError: for an ``init_scale`` that is not a finite number > 0, a ``scale_lr_divisor`` that is not a
-            finite number >= 1, a pattern that is neither a string nor a compiled ``re.Pattern``, or, at setup, a
-            second ``BNInit`` on the same Trainer (both would apply the update, so it would be applied twice).
+            finite number >= 1, a pattern that is neither a string nor a compiled ``re.Pattern``; at setup, for a
+            second ``BNInit`` on the same Trainer, and at the start of fit for an optimizer that already has the
+            update from :func:`~lightning_bninit.attach` (either would apply the update twice).
         TypeError: at the start of fit, for an optimizer holding BN parameters whose update cannot be applied exactly
             (the message names it and the ways out).
 
