@@ -13,19 +13,16 @@ import pytest
 import torch
 from torch import nn
 
-from support.helpers import PlainSGD, assert_same_params, dataset, plain_loop, reference_fit, tiny_net
+from support.helpers import (
+    PlainSGD, assert_same_params, dataset, optimizer_cases, plain_loop, reference_fit, tiny_net,
+)
 from lightning_bninit import RELU_STD, attach, bn_param_groups, init_bn_
 from lightning_bninit.method.input_norm import attach_input_norm
 
 LR, WD, INIT, C = 0.05, 1e-2, 0.1, 100.0
 STEPS, EPOCHS = 5, 2
 
-OPTIMIZERS = {
-    "sgd_momentum": partial(torch.optim.SGD, lr=LR, momentum=0.9, weight_decay=WD),
-    "adam": partial(torch.optim.Adam, lr=LR, weight_decay=WD),
-    "adamw": partial(torch.optim.AdamW, lr=LR, weight_decay=WD),
-    "rmsprop_centered": partial(torch.optim.RMSprop, lr=LR / 10, momentum=0.9, centered=True, weight_decay=WD),
-}
+OPTIMIZERS = optimizer_cases(LR, WD)
 COSINE = lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=STEPS * EPOCHS)  # noqa: E731
 # The closed form reads base_lrs by position: groups left split after a step would not follow the schedule.
 LAMBDA = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))  # noqa: E731

@@ -11,27 +11,14 @@ import pytest
 import torch
 
 from support.helpers import (
-    Classifier, assert_same_params, dataset, loader, plain_loop, reference_fit, tiny_net, trainer,
+    Classifier, assert_same_params, dataset, loader, optimizer_cases, plain_loop, reference_fit, tiny_net, trainer,
 )
 from lightning_bninit import BNInit, bn_param_groups, find_bn_layers, init_bn_
 
 LR, WD, INIT, C = 0.05, 1e-2, 0.1, 100.0
 STEPS, EPOCHS = 6, 2
 
-OPTIMIZERS = {
-    "sgd": partial(torch.optim.SGD, lr=LR, weight_decay=WD),
-    "sgd_momentum": partial(torch.optim.SGD, lr=LR, momentum=0.9, weight_decay=WD),
-    "sgd_nesterov": partial(torch.optim.SGD, lr=LR, momentum=0.9, nesterov=True, weight_decay=WD),
-    "adam": partial(torch.optim.Adam, lr=LR, weight_decay=WD),
-    "adam_amsgrad": partial(torch.optim.Adam, lr=LR, weight_decay=WD, amsgrad=True),
-    "adamw": partial(torch.optim.AdamW, lr=LR, weight_decay=WD),
-    "rmsprop": partial(torch.optim.RMSprop, lr=LR / 10, weight_decay=WD),
-    "rmsprop_momentum_centered": partial(torch.optim.RMSprop, lr=LR / 10, momentum=0.9, centered=True, weight_decay=WD),
-    "adagrad": partial(torch.optim.Adagrad, lr=LR, weight_decay=WD),
-    "nadam": partial(torch.optim.NAdam, lr=LR, weight_decay=WD),
-    "radam": partial(torch.optim.RAdam, lr=LR, weight_decay=WD),
-    "adamax": partial(torch.optim.Adamax, lr=LR, weight_decay=WD),
-}
+OPTIMIZERS = optimizer_cases(LR, WD)
 
 SCHEDULERS = {
     "none": None,

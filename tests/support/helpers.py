@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,6 +15,25 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_bninit import bn_param_groups, init_bn_
 
 OptimizerFactory = Callable[[Any], torch.optim.Optimizer]
+
+
+def optimizer_cases(lr: float, wd: float) -> dict[str, OptimizerFactory]:
+    """PyTorch's separable optimizers in the settings the equivalence tests use (RMSprop at lr / 10)."""
+    return {
+        "sgd": partial(torch.optim.SGD, lr=lr, weight_decay=wd),
+        "sgd_momentum": partial(torch.optim.SGD, lr=lr, momentum=0.9, weight_decay=wd),
+        "sgd_nesterov": partial(torch.optim.SGD, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd),
+        "adam": partial(torch.optim.Adam, lr=lr, weight_decay=wd),
+        "adam_amsgrad": partial(torch.optim.Adam, lr=lr, weight_decay=wd, amsgrad=True),
+        "adamw": partial(torch.optim.AdamW, lr=lr, weight_decay=wd),
+        "rmsprop": partial(torch.optim.RMSprop, lr=lr / 10, weight_decay=wd),
+        "rmsprop_momentum_centered": partial(torch.optim.RMSprop, lr=lr / 10, momentum=0.9, centered=True,
+                                             weight_decay=wd),
+        "adagrad": partial(torch.optim.Adagrad, lr=lr, weight_decay=wd),
+        "nadam": partial(torch.optim.NAdam, lr=lr, weight_decay=wd),
+        "radam": partial(torch.optim.RAdam, lr=lr, weight_decay=wd),
+        "adamax": partial(torch.optim.Adamax, lr=lr, weight_decay=wd),
+    }
 
 
 def tiny_net() -> nn.Sequential:
