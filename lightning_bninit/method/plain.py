@@ -1,4 +1,4 @@
-"""``attach``: the method in one call for plain PyTorch loops, Lightning Fabric and Accelerate.
+"""``attach``: the method in one call for plain PyTorch loops and Lightning Fabric (other wrappers: attach first).
 
 Same treatment as the ``BNInit`` callback (:mod:`~lightning_bninit.method.treatment`), with the revised update
 applied at every ``optimizer.step()`` by the optimizer's own step hooks; the user's param groups stay as built.

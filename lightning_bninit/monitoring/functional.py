@@ -1,4 +1,4 @@
-"""The monitor's statistics as a plain function, for loops without a Trainer (Fabric, Accelerate, plain PyTorch).
+"""The monitor's statistics as a plain function, for loops without a Trainer (Fabric, plain PyTorch).
 
 :func:`bn_statistics` returns what ``BNMonitor`` logs on a logging step (``bn/<layer>/<stat>`` and ``bn/all/<stat>``,
 ``docs/design.md``) as a dict of floats; the caller logs it wherever it likes. The x̂ statistics need the BN inputs
