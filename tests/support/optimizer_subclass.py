@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import dataset, plain_loop, reference_fit, tiny_net  # noqa: E402
+from loops import dataset, plain_loop, reference_fit, tiny_net  # noqa: E402 - no Lightning: starts fast
 
 from lightning_bninit import attach  # noqa: E402
 
