@@ -129,6 +129,9 @@ def test_ddp_two_cpu_processes_keep_ranks_identical(tmp_path: Path) -> None:
     for key, value in ranks[0]["attach"].items():
         assert torch.equal(value, ranks[1]["attach"][key]), key
         assert torch.equal(value, ranks[0]["groups"][key]), key  # the three-group optimizer, under the same DDP
+    for key, value in ranks[0]["after"].items():  # attach after fabric.setup, on the DDP-wrapped objects
+        assert torch.equal(value, ranks[1]["after"][key]), key
+    assert ranks[0]["after"]["1.weight"].ne(0.1).any() and (ranks[0]["after"]["1.weight"] - 0.1).abs().max() < 0.01
     scale = ranks[0]["attach"]["1.weight"]
     assert not torch.equal(scale, torch.full_like(scale, INIT)) and (scale - INIT).abs().max() < 0.01
     assert ranks[0]["input_norm"] and ranks[0]["warnings"] == 1 and ranks[1]["warnings"] == 0
