@@ -141,12 +141,16 @@ def attach(
     if settings.input_norm:
         _add_trained_input_norm(model, settings, optimizers)
     treatment = treat(model, settings, ATTACH, _warn, deferred=False)
+    return BNInitHandle(model, treatment, _attach_all(treatment, optimizers))
+
+
+def _attach_all(treatment: Treatment, optimizers: list[Optimizer]) -> list[Optimizer]:
     attached = [opt for opt in optimizers if treatment.attach(opt, ATTACH)]
     if treatment.layer_names and not attached:
         _warn(f"attach: none of the {len(optimizers)} optimizer(s) given holds a parameter of the "
               f"{len(treatment.layer_names)} BN layer(s) it treats, so their update is unchanged (their values were "
               "set). Pass the optimizer that trains them.")
-    return BNInitHandle(model, treatment, attached)
+    return attached
 
 
 def _unwrap_model(model: nn.Module, settings: MethodSettings) -> nn.Module:
