@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "BNInit": "lightning_bninit.callbacks.bninit",
+    "BNInitHandle": "lightning_bninit.method.plain",
+    "attach": "lightning_bninit.method.plain",
     "BNMonitor": "lightning_bninit.callbacks.bn_monitor",
     "InitReport": "lightning_bninit.method.init",
     "init_bn_": "lightning_bninit.method.init",
@@ -22,6 +24,8 @@ _EXPORTS = {
     "find_bn_layers": "lightning_bninit.method.layers",
     "bn_param_groups": "lightning_bninit.method.param_groups",
     "SEPARABLE_OPTIMIZERS": "lightning_bninit.method.update",
+    "bn_statistics": "lightning_bninit.monitoring.functional",
+    "capture_xhat": "lightning_bninit.monitoring.functional",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -42,11 +46,13 @@ if not logging.getLogger().hasHandlers():
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_bninit.callbacks.bn_monitor import BNMonitor
     from lightning_bninit.callbacks.bninit import BNInit
+    from lightning_bninit.method.plain import BNInitHandle, attach
     from lightning_bninit.method.init import InitReport, init_bn_
     from lightning_bninit.method.input_norm import RELU_STD, InputNorm
     from lightning_bninit.method.layers import find_bn_layers
     from lightning_bninit.method.param_groups import bn_param_groups
     from lightning_bninit.method.update import SEPARABLE_OPTIMIZERS
+    from lightning_bninit.monitoring.functional import bn_statistics, capture_xhat
 
 
 def __getattr__(name: str) -> Any:

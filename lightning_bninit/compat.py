@@ -6,6 +6,7 @@ Nothing here imports Lightning at module level, so :mod:`lightning_bninit.method
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from torch import nn
@@ -63,3 +64,32 @@ def logger_prefixed(logger: Any, key: str) -> str:
     """
     prefix = getattr(logger, "_prefix", "") or ""
     return f"{prefix}{getattr(logger, 'LOGGER_JOIN_CHAR', '-')}{key}" if prefix else key
+
+
+def _fabric_class(name: str) -> type | None:
+    # Only looked up when Fabric is already imported: an object cannot be a Fabric wrapper otherwise, and a plain
+    # PyTorch user does not pay for importing Lightning.
+    for module_name in ("lightning.fabric.wrappers", "lightning_fabric.wrappers"):
+        module = sys.modules.get(module_name)
+        if module is not None and hasattr(module, name):
+            return getattr(module, name)
+    return None
+
+
+def fabric_module(model: nn.Module) -> nn.Module | None:
+    """The module that ``fabric.setup`` wrapped, if ``model`` is such a wrapper (else ``None``).
+
+    Relies on ``lightning.fabric.wrappers._FabricModule`` and its public ``module`` property (the original module).
+    """
+    cls = _fabric_class("_FabricModule")
+    return model.module if cls is not None and isinstance(model, cls) else None
+
+
+def fabric_optimizer(optimizer: Any) -> Any:
+    """The optimizer that ``fabric.setup`` wrapped, if ``optimizer`` is such a wrapper (else ``None``).
+
+    Relies on ``lightning.fabric.wrappers._FabricOptimizer`` and its public ``optimizer`` property; the wrapper is a
+    subclass of the optimizer's class whose hooks live on the original, which is what they are called with.
+    """
+    cls = _fabric_class("_FabricOptimizer")
+    return optimizer.optimizer if cls is not None and isinstance(optimizer, cls) else None

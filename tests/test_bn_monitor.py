@@ -153,9 +153,16 @@ def test_settings_reach_the_loggers_as_hyperparameters(tmp_path) -> None:
         assert "bn/net.1/scale_drift" in next(csv.reader(f))
 
 
-def test_state_key_names_the_settings() -> None:
-    assert BNMonitor(log_every_n_steps=3).state_key != BNMonitor().state_key
-    assert BNMonitor(log_every_n_steps=3).state_key.startswith("BNMonitor{")
+def test_state_key_names_what_is_recorded_not_the_output_options(monkeypatch) -> None:
+    key = BNMonitor().state_key
+    assert key.startswith("BNMonitor{")
+    for changed in ({"log_every_n_steps": 3}, {"activations": False}, {"include": "net.1"}, {"exclude": "net.9"}):
+        assert BNMonitor(**changed).state_key != key, changed
+    assert BNMonitor(plots=False, histograms=False, console_summary=False).state_key == key
+    from lightning_bninit import _extras
+
+    monkeypatch.setattr(_extras, "available", lambda name: False)  # a machine without matplotlib reads the same key
+    assert BNMonitor().state_key == key
 
 
 def test_plots_true_without_matplotlib_names_the_extra(monkeypatch) -> None:

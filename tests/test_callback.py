@@ -12,16 +12,17 @@ import pytest
 import torch
 from torch import nn
 
-from support.helpers import Classifier, assert_same_params, dataset, loader, tiny_net, trainer
-from lightning_bninit import RELU_STD, BNInit, InputNorm, bn_param_groups, init_bn_
+from support.helpers import PlainSGD, Classifier, assert_same_params, dataset, loader, reference_fit, tiny_net, trainer
+from lightning_bninit import RELU_STD, BNInit, BNMonitor, InputNorm, bn_param_groups, init_bn_
 
 SGD = partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=1e-2)
 
 
-def fit(model: nn.Module, callback: BNInit, **kwargs) -> None:
+def fit(model: nn.Module, callback: BNInit, callbacks_extra: tuple = (), dtype: torch.dtype = torch.float32,
+        **kwargs) -> None:
     kwargs.setdefault("max_epochs", 1)
     kwargs.setdefault("limit_train_batches", 2)
-    trainer(callbacks=[callback], **kwargs).fit(model, loader(dataset(dtype=torch.float32)))
+    trainer(callbacks=[callback, *callbacks_extra], **kwargs).fit(model, loader(dataset(dtype=dtype)))
 
 
 def bn_layers(module: nn.Module) -> list[nn.Module]:
@@ -172,9 +173,23 @@ def test_unsupported_optimizer_gets_a_clear_error() -> None:
 
     with pytest.raises(TypeError, match=r"optimizer .*Lion.*bn_param_groups.*separable_optimizers=\[.*Lion\]"):
         fit(Classifier(tiny_net(), Lion), BNInit())
-    fit(Classifier(tiny_net(), Lion), BNInit(separable_optimizers=[Lion]))
     with pytest.raises(TypeError, match="LBFGS"):
         fit(Classifier(tiny_net(), torch.optim.LBFGS), BNInit())
+
+
+def test_declared_separable_optimizer_gets_the_exact_update() -> None:
+    """A third-party optimizer passed as separable_optimizers trains exactly as with the hand-built three groups."""
+    torch.manual_seed(0)
+    start = tiny_net().double()
+    plain_sgd = partial(PlainSGD, lr=0.05, weight_decay=1e-2)
+    with pytest.raises(TypeError, match="PlainSGD"):
+        fit(Classifier(copy.deepcopy(start), plain_sgd), BNInit())
+    model = Classifier(copy.deepcopy(start), plain_sgd)
+    fit(model, BNInit(separable_optimizers=[PlainSGD]), dtype=torch.float64, precision="64-true", max_epochs=2,
+        limit_train_batches=3)
+    expected = reference_fit(start, dataset(dtype=torch.float64), plain_sgd, None, 3, 2, init_scale=0.1,
+                             divisor=100.0, lr=0.05, weight_decay=1e-2)
+    assert_same_params(model.net, expected)
 
 
 def test_unsupported_optimizer_without_bn_params_is_fine() -> None:
@@ -304,3 +319,49 @@ def test_input_norm_survives_sync_batchnorm_conversion() -> None:
     trainer(callbacks=[BNInit(input_norm=True)]).validate(converted, loader(dataset(dtype=torch.float32)))
     assert torch.equal(converted.bninit_input_norm.weight, trained)
     assert len(converted._forward_pre_hooks) == hooks
+
+
+# --- state key, 0.1 checkpoints, one BNInit per Trainer -----------------------------------------------------------
+
+def test_state_key_names_the_settings() -> None:
+    key = BNInit().state_key
+    assert key.startswith("BNInit{") and "'scale_lr_divisor': 100.0" in key
+    assert BNInit(scale_lr_divisor=10).state_key != key and BNInit(include="net.1").state_key != key
+    assert BNInit(monitor=False).state_key == key  # the monitor's options are not the method's
+
+
+def test_checkpoint_of_version_0_1_resumes(tmp_path) -> None:
+    """0.1 stored the callback's state under "BNInit"; resuming reads it (and the monitor measures from it)."""
+    torch.manual_seed(0)
+    net = tiny_net().double()
+    data = loader(dataset())
+
+    def run(epochs: int, ckpt=None, callback=None) -> tuple[Classifier, object]:
+        model = Classifier(copy.deepcopy(net), partial(torch.optim.Adam, lr=0.01, weight_decay=1e-2))
+        t = trainer(precision="64-true", callbacks=[callback or BNInit(monitor=False)], max_epochs=epochs,
+                    limit_train_batches=3, default_root_dir=tmp_path)
+        t.fit(model, data, ckpt_path=ckpt)
+        return model, t
+
+    full, _ = run(2)
+    _, t = run(1)
+    t.save_checkpoint(tmp_path / "new.ckpt")
+    checkpoint = torch.load(tmp_path / "new.ckpt", weights_only=True)
+    (state,) = checkpoint["callbacks"].values()
+    legacy = {"settings": state["settings"], "layers": state["layers"],
+              "initial": {name: {"scale": torch.full_like(v["scale"], 0.125), "shift": v["shift"]}
+                          for name, v in state["initial"].items()}}
+    checkpoint["callbacks"] = {"BNInit": legacy}  # 0.1's layout: one key, no monitor state
+    torch.save(checkpoint, tmp_path / "v01.ckpt")
+
+    callback = BNInit(monitor=BNMonitor(log_every_n_steps=1, plots=False, console_summary=False))
+    resumed, _ = run(2, ckpt=tmp_path / "v01.ckpt", callback=callback)
+    assert_same_params(resumed.net, full.net, rtol=0, atol=0)
+    assert sorted(callback.initial_values) == ["net.1", "net.4", "net.9"]
+    assert all(torch.all(v["scale"] == 0.125) for v in callback.initial_values.values())
+    assert callback.monitor.history.initial_scale["net.1"] == pytest.approx(0.125)  # drift from the saved start
+
+
+def test_two_bninit_callbacks_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"2 BNInit callbacks were given to the Trainer; each would apply"):
+        fit(Classifier(tiny_net(), SGD), BNInit(), callbacks_extra=[BNInit(include="net.1")])

@@ -358,18 +358,38 @@ def test_fit_with_bninit_in_process(archive, tmp_path):
     import lightning_bninit as bninit
     from lightning_bninit.method.input_norm import find_input_norm
 
-    pl.seed_everything(1, verbose=False)
-    model = CIFARClassifier(width=4, fused=True)  # fused SGD under BNInit's per-step group split
-    dm = CIFAR10DataModule(str(archive), batch_size=8, cache_dir=str(tmp_path))
-    cb = bninit.BNInit(input_norm=True)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir=tmp_path, callbacks=[cb])
-    trainer.fit(model, datamodule=dm)
+    class FirstStep(pl.Callback):
+        """bn1's scale before and after the first optimizer step."""
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 0:
+                self.before = pl_module.net.bn1.weight.detach().clone()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 0:
+                self.after = pl_module.net.bn1.weight.detach().clone()
+
+    def fit(c: float, batches: int):
+        pl.seed_everything(1, verbose=False)
+        model = CIFARClassifier(width=4, fused=True)  # fused SGD under BNInit's per-step group split
+        dm = CIFAR10DataModule(str(archive), batch_size=8, cache_dir=str(tmp_path))
+        cb, first = bninit.BNInit(input_norm=True, scale_lr_divisor=c, monitor=False), FirstStep()
+        trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=batches, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             default_root_dir=tmp_path, callbacks=[cb, first])
+        trainer.fit(model, datamodule=dm)
+        return model, dm, cb, trainer, first.after - first.before
+
+    model, dm, cb, trainer, revised = fit(100.0, 2)
     norm = find_input_norm(model)
     assert norm is not None and norm.num_features == 3 and not norm.bias.requires_grad
     assert len(cb.layer_names) == 21  # 20 in the ResNet-18 + the input BN
-    assert abs(model.net.bn1.weight.mean().item() - 0.1) < 0.01  # moved little from 0.1 with lr/100
+    # The example's optimizer (fused SGD with momentum, BN in a no-decay group) moves the scales with lr / 100: the
+    # first step, from identical weights and batch, is exactly 1/100 of the step with c = 1 (to float32 round-off
+    # of 0.1 + delta).
+    *_, plain = fit(1.0, 1)
+    assert plain.abs().max() > 1e-4
+    torch.testing.assert_close(revised * 100, plain, rtol=0.02, atol=2e-6)
     (res,) = trainer.test(model, datamodule=dm, verbose=False)
     assert set(res) >= {"test_acc", "test_loss"}
 

@@ -74,3 +74,21 @@ def test_is_forward_redirected_during_lightnings_redirection() -> None:
 def test_logger_prefix(tmp_path) -> None:
     assert compat.logger_prefixed(CSVLogger(str(tmp_path), prefix="run1"), "bn/x") == "run1-bn/x"
     assert compat.logger_prefixed(CSVLogger(str(tmp_path)), "bn/x") == "bn/x"
+
+
+def test_fabric_wrappers_are_seen_through() -> None:
+    """What fabric.setup returns wraps the objects attach works on: the module and the optimizer whose hooks run."""
+    from lightning.fabric import Fabric
+    from lightning.fabric.wrappers import _FabricModule, _FabricOptimizer
+
+    net = tiny_net()
+    optimizer = _sgd(net.parameters())
+    model, wrapped = Fabric(accelerator="cpu", devices=1).setup(net, optimizer)
+    assert isinstance(model, _FabricModule) and isinstance(wrapped, _FabricOptimizer)
+    assert compat.fabric_module(model) is net and compat.fabric_optimizer(wrapped) is optimizer
+    assert compat.fabric_module(net) is None and compat.fabric_optimizer(optimizer) is None
+    # A hook registered through the wrapper lands on the optimizer and is called with it, not with the wrapper.
+    called_with = []
+    wrapped.register_step_pre_hook(lambda opt, args, kwargs: called_with.append(opt))
+    wrapped.step()
+    assert called_with == [optimizer]

@@ -16,7 +16,7 @@ from torch import nn
 from support.helpers import Classifier, dataset, loader, tiny_net, trainer as make_trainer
 from lightning_bninit import BNInit
 from lightning_bninit import BNMonitor
-from lightning_bninit.monitoring.stats import STATS, param_stats, xhat_stats
+from lightning_bninit.monitoring.stats import STATS, param_stats, summarize, xhat_stats
 
 # ------------------------------------------------------------------------------------------------ pure statistics
 
@@ -70,6 +70,39 @@ def test_param_stats_by_hand() -> None:
     assert got["shift_drift"] == pytest.approx(1.0)
 
 
+# What each network summary is, from docs/design.md ("The monitor"), written out rather than read from the code.
+SUMMARY = {"xhat_absmax": max, "xhat_bound_ratio": max, "out_absmax": max, "scale_max": max,
+           "scale_drift": lambda v: sum(v) / len(v), "shift_drift": lambda v: sum(v) / len(v),
+           "xhat_frac_gt3": lambda v: sum(v) / len(v)}
+
+
+def test_network_summaries_are_maxima_and_means_over_layers() -> None:
+    rows = torch.arange(3 * len(STATS), dtype=torch.float64).reshape(3, len(STATS)) ** 1.5  # distinct per layer
+    rows[1, STATS.index("xhat_absmax")] = math.nan  # a layer without x̂ is left out, not counted as 0
+    got = summarize(rows)
+    assert set(got) == set(SUMMARY)
+    for stat, reduce in SUMMARY.items():
+        column = [v for v in rows[:, STATS.index(stat)].tolist() if not math.isnan(v)]
+        assert float(got[stat]) == pytest.approx(reduce(column), rel=1e-12), stat
+        assert max(column) != pytest.approx(sum(column) / len(column))  # the two readings differ here
+
+
+def test_network_summaries_in_the_logged_rows_of_a_three_layer_network(tmp_path) -> None:
+    model = Classifier(tiny_net(), _sgd)
+    trainer = _csv_trainer(tmp_path, max_steps=3, log_every_n_steps=1,
+                           callbacks=[BNInit(monitor=BNMonitor(plots=False, console_summary=False))])
+    trainer.fit(model, loader(dataset(dtype=torch.float32)))
+    rows = _rows(trainer.log_dir)
+    logged = [r for r in rows if r.get("bn/all/scale_drift")]
+    assert len(logged) == 3
+    for row in logged:
+        for stat, reduce in SUMMARY.items():
+            per_layer = [float(row[f"bn/{layer}/{stat}"]) for layer in ("net.1", "net.4", "net.9")]
+            assert float(row[f"bn/all/{stat}"]) == pytest.approx(reduce(per_layer), rel=1e-6), stat
+    drifts = [float(logged[-1][f"bn/{layer}/scale_drift"]) for layer in ("net.1", "net.4", "net.9")]
+    assert len(set(drifts)) == 3  # layers moved differently, so a max would not pass for the mean
+
+
 def test_monitor_argument_is_checked() -> None:
     assert BNInit(monitor=False).monitor is None
     assert isinstance(BNInit().monitor, BNMonitor)
@@ -79,6 +112,41 @@ def test_monitor_argument_is_checked() -> None:
         BNInit(monitor="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="log_every_n_steps"):
         BNMonitor(log_every_n_steps=-1)
+
+
+def test_bn_statistics_for_plain_loops() -> None:
+    """The function behind the Fabric example: the monitor's keys and values, from one forward inside capture_xhat."""
+    from lightning_bninit import bn_statistics, capture_xhat
+
+    torch.manual_seed(0)
+    net = tiny_net()
+    initial = {name: {"scale": net[i].weight.detach().clone(), "shift": net[i].bias.detach().clone()}
+               for name, i in (("1", 1), ("4", 4), ("9", 9))}
+    with torch.no_grad():
+        net[4].weight.add_(0.25)
+    x = dataset(dtype=torch.float32).tensors[0][:8]
+    inputs = {}
+    for i in (1, 4, 9):
+        net[i].register_forward_hook(lambda m, args, out, i=i: inputs.setdefault(i, args[0].detach()))
+    with capture_xhat(net) as xhat:
+        net(x)
+    assert all(len(net[i]._forward_hooks) == 1 for i in (1, 4, 9))  # only the test's own: the capture's are gone
+    got = bn_statistics(net, initial, xhat)
+    for name, i in (("1", 1), ("4", 4), ("9", 9)):
+        bn = net[i]
+        expected = [*param_stats(bn.weight, bn.bias, initial[name]["scale"], initial[name]["shift"]).tolist(),
+                    *xhat_stats(inputs[i], bn.eps, bn.weight, bn.bias).tolist()]
+        assert [got[f"bn/{name}/{stat}"] for stat in STATS] == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    assert got["bn/4/scale_drift"] == pytest.approx(0.25)
+    assert got["bn/all/scale_drift"] == pytest.approx(0.25 / 3)
+    # Without initial values or a capture, the drift and x̂ keys are left out; layers can be chosen by name.
+    bare = bn_statistics(net, layers=["4"])
+    assert set(bare) == {f"bn/4/{s}" for s in STATS[:6]} | {"bn/all/scale_max"}
+    with capture_xhat(net, enabled=False) as idle:
+        net(x)
+    assert idle.values() == {}
+    with pytest.raises(ValueError, match=r"\['0'\] are not BN layers"):
+        bn_statistics(net, layers=["0"])
 
 
 # ------------------------------------------------------------------------------------------------ with a Trainer
@@ -265,7 +333,8 @@ def test_wandb_offline_run_file_has_keys_histograms_and_summary_table(tmp_path) 
         for kind in ("scale", "shift"):
             assert hists[0][f"bn_hist_{kind}/{layer}/_type"] == "histogram"
 
-    final = history[-1]
+    # The end-of-fit panels are one history row; under load W&B may write another row after it, so look for it.
+    (final,) = [r for r in history if "bn_summary/layers/_type" in r]
     assert final["bn_summary/layers/_type"] == "table-file"
     with open(os.path.join(run_dir, final["bn_summary/layers/path"])) as f:
         table = json.load(f)
@@ -302,3 +371,33 @@ def test_ddp_two_cpu_processes_log_once_with_max_over_ranks(tmp_path) -> None:
         assert per_rank[1] > per_rank[0]  # rank 1 has the planted outlier
         assert value == pytest.approx(max(per_rank), rel=1e-6)
         assert value == pytest.approx(math.sqrt(8 - 1), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_sync_batchnorm_statistics_on_two_gloo_processes(tmp_path) -> None:
+    """The monitor's SyncBatchNorm path (global mean/var/count, x̂ against them, max over ranks) equals one process's
+    computation on the whole batch."""
+    from support.launch import run_script
+    from support.sync_bn_gloo import batch, model
+
+    run_script("sync_bn_gloo.py", tmp_path)
+    x, bn = batch(), model()[0]
+    var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+    whole = dict(zip(("xhat_absmax", "xhat_bound_ratio", "xhat_frac_gt3", "out_absmax"),
+                     xhat_stats(x, bn.eps, bn.weight, bn.bias).tolist()))
+    params = dict(zip(STATS, param_stats(bn.weight, bn.bias, torch.full((3,), 0.1), torch.zeros(3)).tolist()))
+    # Each half on its own (what a plain BatchNorm would see) gives other values: the test tells them apart.
+    halves = [xhat_stats(x[r * 4:(r + 1) * 4], bn.eps, bn.weight, bn.bias).tolist() for r in (0, 1)]
+    assert max(h[0] for h in halves) != pytest.approx(whole["xhat_absmax"], rel=1e-3)
+    for rank in (0, 1):
+        saved = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert saved["forward"].startswith("refused")  # why the hook is called directly on CPU
+        torch.testing.assert_close(saved["mean"], mean, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(saved["var"], var, rtol=1e-6, atol=1e-6)
+        assert saved["count"] == 8 * 4 * 4
+        logged = saved["logged"]
+        for stat, value in {**whole, **params}.items():
+            assert logged[f"bn/0/{stat}"] == pytest.approx(value, rel=1e-5, abs=1e-7), (rank, stat)
+        assert logged["bn/all/xhat_absmax"] == pytest.approx(whole["xhat_absmax"], rel=1e-5)
+    local = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["local_xhat"][0].item() for r in (0, 1)]
+    assert local[1] > local[0] and local[1] == pytest.approx(whole["xhat_absmax"], rel=1e-5)  # the outlier's rank

@@ -4,30 +4,21 @@ from __future__ import annotations
 
 import copy
 from functools import partial
+from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
-from support.helpers import Classifier, assert_same_params, dataset, loader, reference_fit, tiny_net, trainer
-from lightning_bninit import BNInit
+from support.helpers import (
+    Classifier, assert_same_params, dataset, loader, optimizer_cases, plain_loop, reference_fit, tiny_net, trainer,
+)
+from lightning_bninit import BNInit, bn_param_groups, find_bn_layers, init_bn_
 
 LR, WD, INIT, C = 0.05, 1e-2, 0.1, 100.0
 STEPS, EPOCHS = 6, 2
 
-OPTIMIZERS = {
-    "sgd": partial(torch.optim.SGD, lr=LR, weight_decay=WD),
-    "sgd_momentum": partial(torch.optim.SGD, lr=LR, momentum=0.9, weight_decay=WD),
-    "sgd_nesterov": partial(torch.optim.SGD, lr=LR, momentum=0.9, nesterov=True, weight_decay=WD),
-    "adam": partial(torch.optim.Adam, lr=LR, weight_decay=WD),
-    "adam_amsgrad": partial(torch.optim.Adam, lr=LR, weight_decay=WD, amsgrad=True),
-    "adamw": partial(torch.optim.AdamW, lr=LR, weight_decay=WD),
-    "rmsprop": partial(torch.optim.RMSprop, lr=LR / 10, weight_decay=WD),
-    "rmsprop_momentum_centered": partial(torch.optim.RMSprop, lr=LR / 10, momentum=0.9, centered=True, weight_decay=WD),
-    "adagrad": partial(torch.optim.Adagrad, lr=LR, weight_decay=WD),
-    "nadam": partial(torch.optim.NAdam, lr=LR, weight_decay=WD),
-    "radam": partial(torch.optim.RAdam, lr=LR, weight_decay=WD),
-    "adamax": partial(torch.optim.Adamax, lr=LR, weight_decay=WD),
-}
+OPTIMIZERS = optimizer_cases(LR, WD)
 
 SCHEDULERS = {
     "none": None,
@@ -39,15 +30,40 @@ SCHEDULERS = {
 }
 
 
+class GroupsInPlace(pl.Callback):
+    """After every batch and at the end: the optimizer shows the user's own groups (the list and dicts it was built
+    with) and the learning rate the scheduler set, so nothing of a step's split is left for user code to see."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.optimizer = trainer.optimizers[0]
+        self.groups, self.dicts = self.optimizer.param_groups, [id(g) for g in self.optimizer.param_groups]
+        self.checks = 0
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        assert self.optimizer.param_groups is self.groups
+        assert [id(g) for g in self.groups] == self.dicts
+        for config in trainer.lr_scheduler_configs:
+            assert [g["lr"] for g in self.groups] == config.scheduler.get_last_lr()
+        self.checks += 1
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._check(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer)
+
+
 def fit_with_callback(make_optimizer, make_scheduler, net=None, callback=None, ds=None, **trainer_kwargs):
     net = tiny_net().double() if net is None else net
     start = copy.deepcopy(net)
     model = Classifier(net, make_optimizer, make_scheduler)
     trainer_kwargs.setdefault("max_epochs", EPOCHS)
     trainer_kwargs.setdefault("limit_train_batches", STEPS * trainer_kwargs.get("accumulate_grad_batches", 1))
-    trainer(precision="64-true", callbacks=[callback or BNInit(INIT, C)], **trainer_kwargs).fit(
+    in_place = GroupsInPlace()
+    trainer(precision="64-true", callbacks=[callback or BNInit(INIT, C), in_place], **trainer_kwargs).fit(
         model, loader(dataset() if ds is None else ds, 8)
     )
+    assert in_place.checks == trainer_kwargs["max_epochs"] * trainer_kwargs["limit_train_batches"] + 1
     return start, model.net
 
 
@@ -74,14 +90,46 @@ def test_follows_any_lr_schedule(name: str, scheduler: str) -> None:
     assert_same_params(trained, expected)
 
 
-def test_differs_from_dividing_the_gradient() -> None:
-    """Guards the test itself: for Adam, lr / c is not grad / c, and the reference tells them apart."""
+def grad_divided_fit(start, make_optimizer, divisor: float, exempt: bool = True):
+    """The wrong reading of the rule: BN scales at the full lr, their gradients divided by c."""
+    net = copy.deepcopy(start)
+    init_bn_(net, INIT)
+    for bn in find_bn_layers(net).values():
+        bn.weight.register_hook(lambda grad: grad / divisor)
+    groups = [{k: v for k, v in g.items() if k != "bninit"}
+              for g in bn_param_groups(net, lr=make_optimizer.keywords["lr"], weight_decay=WD, scale_lr_divisor=1.0,
+                                       exempt_weight_decay=exempt)]
+    optimizer = make_optimizer(groups)
+    plain_loop(net, optimizer, None, dataset(), STEPS, EPOCHS)
+    return net
+
+
+@pytest.mark.parametrize(("name", "exempt"), [("adam", True), ("rmsprop", True), ("sgd_momentum", False)])
+def test_differs_from_dividing_the_gradient(name: str, exempt: bool) -> None:
+    """lr / c is not grad / c for Adam-type optimizers (they normalize the gradient) nor with weight decay on the
+    scales: the two trajectories differ by far more than round-off, and the callback follows lr / c."""
     torch.manual_seed(2)
-    start, trained = fit_with_callback(OPTIMIZERS["adam"], None)
-    plain = reference_fit(start, dataset(), OPTIMIZERS["adam"], None, STEPS, EPOCHS,
-                          init_scale=INIT, divisor=1.0, lr=LR, weight_decay=WD)
-    with pytest.raises(AssertionError):
-        assert_same_params(trained, plain)
+    start, trained = fit_with_callback(OPTIMIZERS[name], None, callback=BNInit(INIT, C, exempt_weight_decay=exempt))
+    divided = grad_divided_fit(start, OPTIMIZERS[name], C, exempt)
+    reference = copy.deepcopy(start)
+    init_bn_(reference, INIT)
+    groups = [{k: v for k, v in g.items() if k != "bninit"} for g in bn_param_groups(
+        reference, lr=OPTIMIZERS[name].keywords["lr"], weight_decay=WD, scale_lr_divisor=C, exempt_weight_decay=exempt)]
+    plain_loop(reference, OPTIMIZERS[name](groups), None, dataset(), STEPS, EPOCHS)
+    gap = max(float((a - b).abs().max()) for a, b in zip(trained.parameters(), divided.parameters()))
+    assert gap > 1e-6, gap
+    assert_same_params(trained, reference)
+
+
+def test_grad_divided_reference_equals_lr_divided_for_plain_sgd() -> None:
+    """Guards the reference above: without momentum, weight decay on the scales or adaptivity, grad / c and lr / c
+    are the same update, and the two references agree."""
+    torch.manual_seed(2)
+    sgd = partial(torch.optim.SGD, lr=LR, weight_decay=WD)
+    start = tiny_net().double()
+    expected = reference_fit(start, dataset(), sgd, None, STEPS, EPOCHS, init_scale=INIT, divisor=C, lr=LR,
+                             weight_decay=WD)
+    assert_same_params(grad_divided_fit(start, sgd, C), expected, rtol=1e-9, atol=1e-12)
 
 
 def test_gradient_accumulation_and_clipping() -> None:

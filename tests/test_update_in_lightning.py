@@ -39,24 +39,25 @@ class GroupCount(pl.Callback):
         self.seen.add(len(trainer.optimizers[0].param_groups))
 
 
-def twin_fits(inf_at: set[int] = frozenset(), **trainer_kwargs: Any) -> tuple[nn.Module, nn.Module, GroupCount]:
+def twin_fits(inf_at: set[int] = frozenset(), **trainer_kwargs: Any) -> tuple[nn.Module, nn.Module, list[GroupCount]]:
     torch.manual_seed(0)
     net = tiny_net()
-    counter = GroupCount()
+    counters = [GroupCount(), GroupCount()]
     results = []
-    for grouped in (None, GROUPED):
+    for grouped, counter in zip((None, GROUPED), counters):
         model = Classifier(copy.deepcopy(net), SGD, COSINE, grouped=grouped)
         model.inf_at = set(inf_at)
         trainer(callbacks=[BNInit(scale_lr_divisor=C), counter], max_epochs=2, limit_train_batches=4,
                 **trainer_kwargs).fit(model, loader(dataset(dtype=torch.float32)))
         results.append(model.net)
-    return results[0], results[1], counter
+    return results[0], results[1], counters
 
 
 def test_bf16_mixed() -> None:
-    treated, reference, counter = twin_fits(precision="bf16-mixed")
+    treated, reference, (counter, reference_counter) = twin_fits(precision="bf16-mixed")
     assert_same_params(treated, reference, rtol=0, atol=0)
-    assert counter.seen == {1, 3}  # user's single group, reference's three: never a leftover split
+    assert counter.seen == {1} and reference_counter.seen == {3}  # never a leftover split in user code
+    assert counter.steps == reference_counter.steps == 8
 
 
 def test_fp16_gradscaler_with_skipped_steps() -> None:

@@ -25,7 +25,7 @@ from lightning_bninit.monitoring import console, wandb_panels
 from lightning_bninit.monitoring.history import MonitorHistory
 from lightning_bninit.monitoring.hooks import XhatHook
 from lightning_bninit.monitoring.stats import (
-    PARAM_STATS, STATS, XHAT_STATS, metric_key, param_stats, reduce_over_ranks, summarize,
+    PARAM_STATS, XHAT_STATS, param_stats, reduce_over_ranks, to_metrics,
 )
 
 _log = logging.getLogger(__name__)
@@ -123,7 +123,11 @@ class BNMonitor(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(**self.settings)
+        # The settings that decide what is recorded, as Lightning's own callbacks key on theirs; not the output
+        # options (plots, histograms, console summary), and not `plots` resolved from whether matplotlib is
+        # installed: a checkpoint resumed with other output options or on another machine keeps its history.
+        recorded = ("log_every_n_steps", "activations", "include", "exclude")
+        return self._generate_state_key(**{k: self.settings[k] for k in recorded})
 
     def assign(self, layer_names: Sequence[str], initial: InitialValues) -> None:
         """Watch these layers, with drift measured from ``initial`` (a dict the caller may fill in later, e.g. for
@@ -307,13 +311,7 @@ class BNMonitor(Callback):
                 wandb_panels.define_peak_summaries(logger, self.history.layer_names)
 
     def _log_step(self, trainer: pl.Trainer, step: int, values: list[list[float]]) -> None:
-        metrics: dict[str, Any] = {}
-        for name, row in zip(self._layers, values):
-            for stat, v in zip(STATS, row):
-                if v == v:  # not NaN
-                    metrics[metric_key(name, stat)] = v
-        for stat, v in summarize(torch.tensor(values, dtype=torch.float64).reshape(-1, len(STATS))).items():
-            metrics[metric_key("all", stat)] = float(v)
+        metrics: dict[str, Any] = to_metrics(list(self._layers), values)
         for logger in trainer.loggers:
             payload = metrics
             if self.histograms and wandb_panels.is_wandb_logger(logger):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from typing import Any, Union
@@ -12,20 +13,18 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_bninit.callbacks.bn_monitor import BNMonitor, MonitorArg, make_monitor
-from lightning_bninit.method.init import init_bn_
-from lightning_bninit.method.input_norm import attach_input_norm, find_input_norm, infer_input_channels
-from lightning_bninit.method.layers import find_bn_layers, is_at, is_materialized, param_roles
-from lightning_bninit.method.settings import check_init_scale, check_patterns, check_scale_lr_divisor
+from lightning_bninit.method.settings import MethodSettings, Pattern
 from lightning_bninit.method.step_hooks import RevisedUpdate
-from lightning_bninit.method.update import GroupSplitter, is_separable, unsupported_optimizer_message
+from lightning_bninit.method.treatment import BNINIT, Treatment, add_input_norm, treat
 
 PatternArg = Union[str, Sequence[str], None]
 _log = logging.getLogger(__name__)
+LEGACY_STATE_KEY = "BNInit"
+"""The key of the callback's state in checkpoints written by 0.1 (before the key named the settings)."""
 
 
 class BNInit(Callback):
@@ -57,7 +56,8 @@ class BNInit(Callback):
             By default such layers look pretrained: their values are kept (with one warning that lists them), and
             they still get the revised update.
         separable_optimizers: optimizer classes, beyond PyTorch's own, whose ``step`` updates each param group
-            independently; only for these can the update be applied exactly.
+            independently; only for these can the update be applied exactly. Subclasses that keep the ``step`` of a
+            separable class qualify without being listed.
         monitor: log per-layer BN statistics of the treated layers (scale/shift, drift from the initial values,
             normalized-activation magnitudes) to the Trainer's loggers, with a
             :class:`~lightning_bninit.BNMonitor`; ``False`` turns it off; a ``BNMonitor(...)`` sets its options
@@ -65,7 +65,9 @@ class BNInit(Callback):
 
     Raises:
         ValueError: for an ``init_scale`` that is not a finite number > 0, a ``scale_lr_divisor`` that is not a
-            finite number >= 1, or a pattern that is neither a string nor a compiled ``re.Pattern``.
+            finite number >= 1, a pattern that is neither a string nor a compiled ``re.Pattern``; at setup, for a
+            second ``BNInit`` on the same Trainer, and at the start of fit for an optimizer that already has the
+            update from :func:`~lightning_bninit.attach` (either would apply the update twice).
         TypeError: at the start of fit, for an optimizer holding BN parameters whose update cannot be applied exactly
             (the message names it and the ways out).
 
@@ -91,210 +93,177 @@ class BNInit(Callback):
         separable_optimizers: Sequence[type[Optimizer]] = (),
         monitor: MonitorArg = True,
     ) -> None:
-        self.init_scale = check_init_scale(init_scale)
-        self.scale_lr_divisor = check_scale_lr_divisor(scale_lr_divisor)
-        self.exempt_weight_decay = bool(exempt_weight_decay)
-        if not isinstance(input_norm, (bool, str)):
-            raise ValueError(
-                f"input_norm must be True, False or the qualified name of a submodule, got "
-                f"{type(input_norm).__name__}: {input_norm!r}."
-            )
-        self.input_norm = input_norm
-        if input_channels is not None and (isinstance(input_channels, bool) or not isinstance(input_channels, int)
-                                           or input_channels < 1):
-            raise ValueError(f"input_channels must be a positive int or None, got {input_channels!r}.")
-        self.input_channels = input_channels
-        self.include = check_patterns(include, "include")
-        self.exclude = check_patterns(exclude, "exclude")
-        self.force = bool(force)
-        self.separable_optimizers = tuple(separable_optimizers)
-
-        self._layer_names: list[str] = []
-        self._initial: dict[str, dict[str, torch.Tensor]] = {}
-        self._pending_lazy: list[str] = []
-        self._update: RevisedUpdate | None = None
+        self._settings = MethodSettings.checked(
+            init_scale=init_scale, scale_lr_divisor=scale_lr_divisor, exempt_weight_decay=exempt_weight_decay,
+            input_norm=input_norm, input_channels=input_channels, include=include, exclude=exclude, force=force,
+            separable_optimizers=separable_optimizers,
+        )
+        self._treatment: Treatment | None = None
+        self._restored_initial: dict[str, Any] | None = None
         self._monitor: BNMonitor | None = make_monitor(monitor)
         self._drives_monitor = False  # whether this callback calls its monitor's hooks (no other BNMonitor is given)
 
+    # -- settings --------------------------------------------------------------------------------------------------
+
+    @property
+    def init_scale(self) -> float:
+        return self._settings.init_scale
+
+    @property
+    def scale_lr_divisor(self) -> float:
+        return self._settings.scale_lr_divisor
+
+    @property
+    def exempt_weight_decay(self) -> bool:
+        return self._settings.exempt_weight_decay
+
+    @property
+    def input_norm(self) -> Union[bool, str]:
+        return self._settings.input_norm
+
+    @property
+    def input_channels(self) -> Union[int, None]:
+        return self._settings.input_channels
+
+    @property
+    def include(self) -> tuple[Pattern, ...]:
+        return self._settings.include
+
+    @property
+    def exclude(self) -> tuple[Pattern, ...]:
+        return self._settings.exclude
+
+    @property
+    def force(self) -> bool:
+        return self._settings.force
+
+    @property
+    def separable_optimizers(self) -> tuple[type[Optimizer], ...]:
+        return self._settings.separable_optimizers
+
     @property
     def settings(self) -> dict[str, Any]:
-        """The callback's settings, as plain values (saved in checkpoints and logged as run config)."""
-        return {
-            "init_scale": self.init_scale,
-            "scale_lr_divisor": self.scale_lr_divisor,
-            "exempt_weight_decay": self.exempt_weight_decay,
-            "input_norm": self.input_norm,
-            "include": [getattr(p, "pattern", p) for p in self.include],
-            "exclude": [getattr(p, "pattern", p) for p in self.exclude],
-            "force": self.force,
-        }
+        """The callback's settings, as plain values (saved in checkpoints, logged as run config, in its state key)."""
+        return self._settings.plain()
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(**self.settings)
 
     @property
     def layer_names(self) -> list[str]:
         """Qualified names of the BN layers this callback treats, in network order (after ``setup``)."""
-        return list(self._layer_names)
+        return list(self._treatment.layer_names) if self._treatment is not None else []
 
     @property
     def initial_values(self) -> dict[str, dict[str, torch.Tensor]]:
         """Per layer, the ``"scale"`` and ``"shift"`` at the start of fit (kept across a resume)."""
-        return self._initial
+        return self._treatment.initial if self._treatment is not None else {}
+
+    @property
+    def _update(self) -> RevisedUpdate | None:
+        return self._treatment.update if self._treatment is not None else None
+
+    # -- the method --------------------------------------------------------------------------------------------------
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        others = [cb for cb in trainer.callbacks if isinstance(cb, BNInit)]  # type: ignore[attr-defined]
+        if len(others) > 1:
+            raise ValueError(
+                f"{len(others)} BNInit callbacks were given to the Trainer; each would apply the revised update, so "
+                "BN scales would step with lr / c twice over. Keep one BNInit (include/exclude choose its layers)."
+            )
         # The input BN is structure, not initialization: it is added for every stage so that a checkpoint trained
         # with it loads for validate/test/predict too. Only fit touches existing weights.
         if self.input_norm:
-            self._attach_input_norm(pl_module)
+            add_input_norm(pl_module, self._settings, BNINIT, _info, getattr(pl_module, "example_input_array", None))
         if stage != "fit":
             return
-        input_norm = find_input_norm(self._input_module(pl_module)) if self.input_norm else None
-        input_names = [n for n, m in pl_module.named_modules() if input_norm is not None and m is input_norm]
-        layers = find_bn_layers(pl_module, self.include, (*self.exclude, *input_names))
-        if not layers:
-            rank_zero_warn(
-                f"BNInit found no batch-norm layer with affine parameters in {type(pl_module).__name__}"
-                f"{' matching include/exclude' if self.include or self.exclude else ''}; training continues unchanged."
-            )
-        report = init_bn_(pl_module, self.init_scale, include=self.include, exclude=(*self.exclude, *input_names),
-                          force=self.force)
-        # The input BN, asked for explicitly, is always treated (first, in network order); attach_input_norm already
-        # set its values.
-        layers = {**{name: input_norm for name in input_names}, **layers}
-        already = [n for n in report.not_default if is_at(layers[n], self.init_scale)]
-        pretrained = [n for n in report.not_default if n not in already]
-        if pretrained:
-            rank_zero_warn(
-                f"BNInit left the values of {len(pretrained)} BN layer(s) alone because they are not at PyTorch's "
-                f"default (scale 1, shift 0) and look pretrained or already initialized: {', '.join(pretrained)}. "
-                "They still get the revised update. Pass BNInit(force=True) to re-initialize them too."
-            )
-        trainable = {n: bn for n, bn in layers.items() if n not in report.frozen}
-        self._layer_names = list(trainable)
-        self._initial = {n: _snapshot(bn) for n, bn in trainable.items() if is_materialized(bn)}
-        self._pending_lazy = [n for n in trainable if n not in self._initial]
-        splitter = GroupSplitter(param_roles(trainable.values()), self.scale_lr_divisor, self.exempt_weight_decay)
         # Deferred: Lightning splits in on_before_optimizer_step, see docs/design.md ("The step split").
-        self._update = RevisedUpdate(splitter, deferred=True)
+        self._treatment = treat(pl_module, self._settings, BNINIT, rank_zero_warn, deferred=True)
+        if self._restored_initial is not None:  # a state loaded before setup (rare: by hand)
+            self._treatment.load_initial(self._restored_initial, rank_zero_warn, BNINIT)
+            self._restored_initial = None
         self._setup_monitor(trainer, pl_module, stage)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._update is None:
+        if self._treatment is None:
             return
         for optimizer in trainer.optimizers:
-            if not self._update.splitter.holds_bn_params(optimizer) or self._update.is_attached(optimizer):
-                continue
-            if not is_separable(optimizer, self.separable_optimizers):
-                raise TypeError(unsupported_optimizer_message(optimizer))
-            self._update.attach(optimizer)
+            self._treatment.attach(optimizer, BNINIT)
 
     @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
-        if self._update is not None:
+        if self._treatment is not None:
             # LightningOptimizer wraps the optimizer whose hooks were registered.
-            self._update.arm(optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer)
+            self._treatment.update.arm(optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer)
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._update is not None:
-            self._update.disarm()  # a step the GradScaler skipped leaves nothing armed
-        if self._pending_lazy:
-            self._record_lazy_initial_values(pl_module)
+        if self._treatment is not None:
+            self._treatment.update.disarm()  # a step the GradScaler skipped leaves nothing armed
+            if self._treatment.pending_lazy:
+                self._treatment.record_lazy(pl_module)
         if self._drives_monitor:
             self._monitor.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)  # type: ignore[union-attr]
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._release(trainer)
+        self._release()
         if self._drives_monitor:
             self._monitor.on_exception(trainer, pl_module, exception)  # type: ignore[union-attr]
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self._release(trainer)
+            self._release()
         if self._drives_monitor:
             self._monitor.teardown(trainer, pl_module, stage)  # type: ignore[union-attr]
+
+    # -- checkpoints -------------------------------------------------------------------------------------------------
 
     @override
     def state_dict(self) -> dict[str, Any]:
         # Plain containers of str/float/bool and tensors only: loadable with torch.load(weights_only=True).
-        state = {
-            "settings": self.settings,
-            "layers": list(self._layer_names),
-            "initial": {name: {k: v.detach().cpu() for k, v in vals.items()} for name, vals in self._initial.items()},
-        }
+        state = self._treatment.state_dict() if self._treatment is not None else {
+            "settings": self.settings, "layers": [], "initial": {}}
         if self._drives_monitor:
             state["monitor"] = self._monitor.state_dict()  # type: ignore[union-attr]
         return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("settings", {})
-        changed = {k: (v, self.settings[k]) for k, v in saved.items() if k in self.settings and self.settings[k] != v}
-        if changed:
-            rank_zero_warn(
-                "BNInit is resuming from a checkpoint made with other settings; continuing with the current ones: "
-                + ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            )
         # The values at the start of the original fit, so drift stays relative to them after a resume.
-        self._initial = {name: dict(vals) for name, vals in state_dict.get("initial", {}).items()}
+        if self._treatment is not None:
+            self._treatment.load_initial(state_dict, rank_zero_warn, BNINIT)
+        else:
+            self._restored_initial = state_dict
         if self._monitor is not None and "monitor" in state_dict:
             self._monitor.load_state_dict(state_dict["monitor"])
 
-    def _release(self, trainer: pl.Trainer) -> None:
-        if self._update is not None:
-            self._update.detach(trainer.optimizers)
-
-    def _input_module(self, pl_module: pl.LightningModule) -> torch.nn.Module:
-        if isinstance(self.input_norm, str):
-            try:
-                return pl_module.get_submodule(self.input_norm)
-            except AttributeError as err:
-                names = [n for n, _ in pl_module.named_children()]
-                raise ValueError(
-                    f"BNInit(input_norm={self.input_norm!r}): {type(pl_module).__name__} has no submodule of that "
-                    f"name; pass True for the LightningModule's own forward or one of its submodules, e.g. {names}."
-                ) from err
-        return pl_module
-
-    def _attach_input_norm(self, pl_module: pl.LightningModule) -> None:
-        module = self._input_module(pl_module)
-        if find_input_norm(module) is not None:
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning loads the state stored under this callback's state_key. A checkpoint of 0.1 (key "BNInit") or one
+        # made with other settings (key "BNInit{...}") has it under another key; there is at most one BNInit, so
+        # that state is ours (load_state_dict warns about changed settings).
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
             return
-        channels = self.input_channels
-        if channels is None:
-            channels = infer_input_channels(module, getattr(pl_module, "example_input_array", None))
-            if channels is None:
-                raise ValueError(
-                    f"BNInit(input_norm={self.input_norm!r}) cannot tell how many channels the input of "
-                    f"{type(module).__name__} has: set BNInit(input_channels=...) or the LightningModule's "
-                    "example_input_array."
-                )
-            _info(f"BNInit: input BN on {type(module).__name__} with {channels} channels.")
-        attach_input_norm(module, channels, self.init_scale)
+        mine = [k for k in states if isinstance(k, str) and (k == LEGACY_STATE_KEY or k.startswith("BNInit{"))]
+        if len(mine) == 1:
+            self.load_state_dict(copy.deepcopy(states[mine[0]]))
 
-    def _record_lazy_initial_values(self, pl_module: pl.LightningModule) -> None:
-        # Lazy layers materialize on their first forward, after setup, and are then set to (init_scale, 0) by the
-        # hook init_bn_ left on them; their values may have moved since, so record what they were set to.
-        pending = []
-        for name in self._pending_lazy:
-            if name in self._initial:  # restored from a checkpoint
-                continue
-            bn = pl_module.get_submodule(name)
-            if isinstance(bn, _BatchNorm) and is_materialized(bn):
-                self._initial[name] = {
-                    "scale": torch.full_like(bn.weight, self.init_scale).detach(),
-                    "shift": torch.zeros_like(bn.bias).detach(),
-                }
-            else:
-                pending.append(name)
-        self._pending_lazy = pending
-
+    def _release(self) -> None:
+        if self._treatment is not None:
+            self._treatment.update.detach()
 
     # -- the BN monitor and the loggers ------------------------------------------------------------------------------
 
@@ -309,7 +278,7 @@ class BNInit(Callback):
         given = [cb for cb in trainer.callbacks if isinstance(cb, BNMonitor)]  # type: ignore[attr-defined]
         self._drives_monitor = self._monitor is not None and not given
         if self._monitor is not None and (self._drives_monitor or self._monitor in given):
-            self._monitor.assign(self._layer_names, self._initial)
+            self._monitor.assign(self.layer_names, self.initial_values)
         if self._drives_monitor:
             self._monitor.setup(trainer, pl_module, stage)  # type: ignore[union-attr]
 
@@ -337,10 +306,6 @@ class BNInit(Callback):
 @rank_zero_only
 def _info(message: str) -> None:
     _log.info(message)
-
-
-def _snapshot(bn: _BatchNorm) -> dict[str, torch.Tensor]:
-    return {"scale": bn.weight.detach().clone(), "shift": bn.bias.detach().clone()}
 
 
 __all__ = ["BNInit"]

@@ -86,9 +86,19 @@ def init_bn_(
 
 def _init_after_materialization(bn: _BatchNorm, init_scale: float) -> None:
     # Lazy modules create their parameters in a forward pre-hook registered at construction; ours runs after it,
-    # so the parameters exist (same Parameter objects the optimizer holds) before the first normalization.
+    # so the parameters exist (same Parameter objects the optimizer holds) before the first normalization. Values
+    # loaded before that forward (a resumed run: load_state_dict materializes the layer) are kept.
     def hook(module: nn.Module, args: tuple) -> None:
         reset_bn_(module, init_scale)  # type: ignore[arg-type]
+        cancel()
+
+    def loaded(module: nn.Module, incompatible_keys: object) -> None:
+        if is_materialized(module):  # type: ignore[arg-type]
+            cancel()
+
+    def cancel() -> None:
         handle.remove()
+        load_handle.remove()
 
     handle = bn.register_forward_pre_hook(hook)
+    load_handle = bn.register_load_state_dict_post_hook(loaded)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from typing import Union
+from dataclasses import dataclass
+from typing import Any, Union
+
+from torch.optim import Optimizer
 
 Pattern = Union[str, "re.Pattern[str]"]
 Patterns = Union[Pattern, Sequence[Pattern], None]
@@ -65,3 +68,102 @@ def _as_real(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a real number, got {type(value).__name__}: {value!r}.")
     return float(value)
+
+
+def check_input_norm(value: object) -> Union[bool, str]:
+    """``True``, ``False`` or the qualified name of a submodule.
+
+    Raises:
+        ValueError: for anything else.
+    """
+    if not isinstance(value, (bool, str)):
+        raise ValueError(
+            f"input_norm must be True, False or the qualified name of a submodule, got {type(value).__name__}: "
+            f"{value!r}."
+        )
+    return value
+
+
+def check_input_channels(value: object) -> Union[int, None]:
+    """A positive int or ``None``.
+
+    Raises:
+        ValueError: for anything else.
+    """
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"input_channels must be a positive int or None, got {value!r}.")
+    return value
+
+
+def check_optimizer_classes(value: object) -> tuple[type[Optimizer], ...]:
+    """A sequence of ``torch.optim.Optimizer`` subclasses (``separable_optimizers``).
+
+    Raises:
+        ValueError: for anything else, naming the bad item.
+    """
+    items = (value,) if isinstance(value, type) else value
+    if not isinstance(items, Sequence) or isinstance(items, str):
+        raise ValueError(
+            f"separable_optimizers must be a list of torch.optim.Optimizer subclasses, got {type(value).__name__}: "
+            f"{value!r}."
+        )
+    for item in items:
+        if not (isinstance(item, type) and issubclass(item, Optimizer)):
+            raise ValueError(
+                f"separable_optimizers must hold torch.optim.Optimizer subclasses (classes, not instances), got "
+                f"{type(item).__name__}: {item!r}."
+            )
+    return tuple(items)
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """The method's settings, validated (:meth:`checked`); shared by ``BNInit`` and ``attach``."""
+
+    init_scale: float = 0.1
+    scale_lr_divisor: float = 100.0
+    exempt_weight_decay: bool = True
+    input_norm: Union[bool, str] = False
+    input_channels: Union[int, None] = None
+    include: tuple[Pattern, ...] = ()
+    exclude: tuple[Pattern, ...] = ()
+    force: bool = False
+    separable_optimizers: tuple[type[Optimizer], ...] = ()
+
+    @classmethod
+    def checked(
+        cls,
+        init_scale: float = 0.1,
+        scale_lr_divisor: float = 100.0,
+        exempt_weight_decay: bool = True,
+        input_norm: Union[bool, str] = False,
+        input_channels: Union[int, None] = None,
+        include: Patterns = None,
+        exclude: Patterns = None,
+        force: bool = False,
+        separable_optimizers: Sequence[type[Optimizer]] = (),
+    ) -> MethodSettings:
+        """Validate each value (``ValueError`` naming it and what is allowed) and return the settings."""
+        return cls(
+            init_scale=check_init_scale(init_scale),
+            scale_lr_divisor=check_scale_lr_divisor(scale_lr_divisor),
+            exempt_weight_decay=bool(exempt_weight_decay),
+            input_norm=check_input_norm(input_norm),
+            input_channels=check_input_channels(input_channels),
+            include=check_patterns(include, "include"),
+            exclude=check_patterns(exclude, "exclude"),
+            force=bool(force),
+            separable_optimizers=check_optimizer_classes(separable_optimizers),
+        )
+
+    def plain(self) -> dict[str, Any]:
+        """The settings that shape the treatment, as plain values (checkpoints, run config, state keys)."""
+        return {
+            "init_scale": self.init_scale,
+            "scale_lr_divisor": self.scale_lr_divisor,
+            "exempt_weight_decay": self.exempt_weight_decay,
+            "input_norm": self.input_norm,
+            "include": [getattr(p, "pattern", p) for p in self.include],
+            "exclude": [getattr(p, "pattern", p) for p in self.exclude],
+            "force": self.force,
+        }

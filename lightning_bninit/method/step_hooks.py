@@ -6,6 +6,7 @@ One implementation for every caller: the Lightning callback (``deferred=True``) 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,9 +15,18 @@ from torch.utils.hooks import RemovableHandle
 
 from lightning_bninit.method.update import GroupSplitter
 
+_ATTACHED: weakref.WeakSet[Optimizer] = weakref.WeakSet()
+"""Every optimizer that has a :class:`RevisedUpdate` attached, in this process: a second one would apply the update
+twice (each would split the groups the other already split)."""
+
+
+def is_attached_anywhere(optimizer: Optimizer) -> bool:
+    """Whether some :class:`RevisedUpdate` (a ``BNInit`` or an ``attach``) has its hooks on ``optimizer``."""
+    return optimizer in _ATTACHED
 
 @dataclass
 class _Hooks:
+    optimizer: weakref.ref[Optimizer]
     handles: list[RemovableHandle] = field(default_factory=list)
     in_step: bool = False
     armed: bool = False
@@ -42,10 +52,21 @@ class RevisedUpdate:
         return id(optimizer) in self._hooks
 
     def attach(self, optimizer: Optimizer) -> None:
-        """Register the step hooks on ``optimizer`` (a no-op when already attached)."""
+        """Register the step hooks on ``optimizer`` (a no-op when already attached).
+
+        Raises:
+            ValueError: if another :class:`RevisedUpdate` (another ``BNInit`` or ``attach``) is attached to it.
+        """
         if self.is_attached(optimizer):
             return
-        self._hooks[id(optimizer)] = _Hooks(handles=[
+        if optimizer in _ATTACHED:
+            raise ValueError(
+                f"The revised BN update is already attached to this {type(optimizer).__name__} (by "
+                "lightning_bninit.attach or a BNInit callback); attaching it again would apply the update twice. "
+                "Keep one of them, or call .remove() on the first handle before attaching again."
+            )
+        _ATTACHED.add(optimizer)
+        self._hooks[id(optimizer)] = _Hooks(optimizer=weakref.ref(optimizer), handles=[
             optimizer.register_step_pre_hook(self._pre_step),
             optimizer.register_step_post_hook(self._post_step),
         ])
@@ -65,18 +86,27 @@ class RevisedUpdate:
         for hooks in self._hooks.values():
             hooks.armed = False
 
-    def detach(self, optimizers: list[Optimizer]) -> None:
-        """Put the user's groups back on ``optimizers`` and remove every hook this object registered."""
-        for optimizer in optimizers:
-            self.splitter.restore(optimizer)
+    def detach(self) -> None:
+        """Put the user's groups back on every attached optimizer and remove every hook this object registered."""
         for hooks in self._hooks.values():
+            optimizer = hooks.optimizer()
+            if optimizer is not None:
+                self.splitter.restore(optimizer)
+                _ATTACHED.discard(optimizer)
             for handle in hooks.handles:
                 handle.remove()
         self._hooks.clear()
 
+    @property
+    def optimizers(self) -> list[Optimizer]:
+        """The attached optimizers that still exist."""
+        return [o for o in (h.optimizer() for h in self._hooks.values()) if o is not None]
+
     def _pre_step(self, optimizer: Optimizer, args: tuple, kwargs: dict[str, Any]) -> None:
         hooks = self._hooks[id(optimizer)]
         hooks.in_step = True
+        # A step that raised never ran its post-hook; its split, if any, is undone before this step splits afresh.
+        self.splitter.restore(optimizer)
         if hooks.armed or not self.deferred:
             self.splitter.split(optimizer)
 

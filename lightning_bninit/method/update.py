@@ -27,24 +27,58 @@ SEPARABLE_OPTIMIZERS: tuple[type[Optimizer], ...] = tuple(
 which allows one group only, and ``SparseAdam``, which takes no dense gradients)."""
 
 
+def step_owner(cls: type[Optimizer]) -> type:
+    """The class whose own code is ``cls.step``: the first class of the MRO that defines ``step``, looking through
+    the wrappers that PyTorch itself adds.
+
+    ``Optimizer.__init__`` wraps ``step`` for its hooks and profiling and stores the wrapper on the class being
+    instantiated, once per class (``_patch_step_function``). A subclass that only adds a name or an argument thus gets
+    a ``step`` of its own if it is instantiated before its base class, and none if after; the wrapped function is
+    the same either way, and that function decides.
+    """
+    own = [(klass, _unwrapped(klass.__dict__["step"])) for klass in cls.__mro__ if "step" in klass.__dict__]
+    if not own:
+        return object
+    function = own[0][1]
+    # Wrappers of an inherited step unwrap to the same function as the class that defines it: the last such class.
+    return [klass for klass, unwrapped in own if unwrapped is function][-1]
+
+
+def _unwrapped(step: Any) -> Any:
+    # Only PyTorch's hook wrapper (Optimizer.profile_hook_step: functools.wraps, marked `hooked`) is looked through;
+    # a class's own decorators (e.g. `_use_grad_for_differentiable`) belong to its step.
+    while getattr(step, "hooked", False) and hasattr(step, "__wrapped__"):
+        step = step.__wrapped__
+    return step
+
+
 def is_separable(optimizer: Optimizer, extra: Iterable[type[Optimizer]] = ()) -> bool:
     """Whether ``optimizer``'s step is one known to treat each param group independently.
 
-    A subclass qualifies only if it keeps its base class's ``step``: an overridden step may couple groups.
+    Decided by the class that defines the step (:func:`step_owner`): a subclass that keeps its base class's ``step``
+    qualifies whatever the order in which the classes were first instantiated; one that overrides ``step`` does not
+    (an overridden step may couple groups) unless it is in ``extra``.
     """
-    step = type(optimizer).step
-    return any(step is cls.step for cls in (*SEPARABLE_OPTIMIZERS, *extra))
+    owner = step_owner(type(optimizer))
+    return any(owner is step_owner(cls) for cls in (*SEPARABLE_OPTIMIZERS, *extra))
 
 
-def unsupported_optimizer_message(optimizer: Optimizer) -> str:
+def unsupported_optimizer_message(optimizer: Optimizer, caller: str = "BNInit") -> str:
+    """Why ``optimizer`` is refused and the two ways out, for ``caller`` (``"BNInit"`` or ``"attach"``)."""
     name = type(optimizer).__qualname__
     known = ", ".join(cls.__name__ for cls in SEPARABLE_OPTIMIZERS)
+    if caller == "BNInit":
+        build = ("build the groups yourself in configure_optimizers with "
+                 "`lightning_bninit.bn_param_groups(self, lr, weight_decay)` (BNInit then leaves that optimizer alone)")
+        option = f"`BNInit(separable_optimizers=[{name}])`"
+    else:
+        build = ("build the groups yourself with `lightning_bninit.bn_param_groups(model, lr, weight_decay)` and do "
+                 "not attach that optimizer")
+        option = f"`attach(model, optimizer, separable_optimizers=[{name}])`"
     return (
-        f"BNInit cannot apply the revised BN update exactly with optimizer {name}: it can only do so for optimizers "
-        f"whose step updates each param group on its own ({known}). Ways out: build the groups yourself in "
-        f"configure_optimizers with `lightning_bninit.bn_param_groups(self, lr, weight_decay)` (BNInit then leaves "
-        f"that optimizer alone), or, if {name}.step does treat each param group independently, pass "
-        f"`BNInit(separable_optimizers=[{name}])`."
+        f"{caller} cannot apply the revised BN update exactly with optimizer {name}: it can only do so for optimizers "
+        f"whose step updates each param group on its own ({known}, and subclasses that keep their step). Ways out: "
+        f"{build}, or, if {name}.step does treat each param group independently, pass {option}."
     )
 
 

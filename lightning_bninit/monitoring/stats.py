@@ -96,6 +96,19 @@ def summarize(rows: torch.Tensor) -> dict[str, torch.Tensor]:
     return out
 
 
+def to_metrics(layer_names: list[str], values: list[list[float]]) -> dict[str, float]:
+    """The logged keys of one step: ``bn/<layer>/<stat>`` from ``values[layer][stat]`` (in :data:`STATS` order) and
+    the ``bn/all/<stat>`` summaries; NaN values (not measured) are left out."""
+    metrics: dict[str, float] = {}
+    for name, row in zip(layer_names, values):
+        for stat, v in zip(STATS, row):
+            if not math.isnan(v):
+                metrics[metric_key(name, stat)] = v
+    for stat, v in summarize(torch.tensor(values, dtype=torch.float64).reshape(-1, len(STATS))).items():
+        metrics[metric_key("all", stat)] = float(v)
+    return metrics
+
+
 def reduce_over_ranks(gathered: torch.Tensor) -> torch.Tensor:
     """x̂ statistics ``[world, layers, 4]`` gathered from every rank -> ``[layers, 4]``: max over ranks, except
     ``xhat_frac_gt3``, the mean over ranks (every rank sees a batch of the same size)."""

@@ -1,40 +1,26 @@
-"""Small models and a hand-written reference loop for the callback's tests."""
+"""Small models and a hand-written reference loop for the callback's tests (the pure-PyTorch part: ``loops``)."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_bninit import bn_param_groups, init_bn_
+from lightning_bninit import bn_param_groups
 
-OptimizerFactory = Callable[[Any], torch.optim.Optimizer]
-
-
-def tiny_net() -> nn.Sequential:
-    """Conv-BN-ReLU, Conv-BN-ReLU, pool, Linear-BN1d, Linear: BN in 2d and 1d, biases on the non-BN layers."""
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3),
+if __package__:  # imported as `support.helpers` by the tests
+    from .loops import (  # noqa: F401 - re-exported
+        OptimizerFactory, PlainSGD, assert_same_params, dataset, loader, optimizer_cases, plain_loop, reference_fit,
+        tiny_net,
     )
-
-
-def dataset(n: int = 48, seed: int = 0, dtype: torch.dtype = torch.float64) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, 6, 6, generator=g, dtype=dtype)
-    y = torch.randint(0, 3, (n,), generator=g)
-    return TensorDataset(x, y)
-
-
-def loader(ds: TensorDataset, batch_size: int = 8) -> DataLoader:
-    return DataLoader(ds, batch_size=batch_size, shuffle=False)
+else:  # imported as `helpers` by the scripts tests/support/launch.py runs
+    from loops import (  # type: ignore[no-redef]  # noqa: F401
+        OptimizerFactory, PlainSGD, assert_same_params, dataset, loader, optimizer_cases, plain_loop, reference_fit,
+        tiny_net,
+    )
 
 
 class Classifier(pl.LightningModule):
@@ -90,53 +76,3 @@ def trainer(**kwargs: Any) -> pl.Trainer:
     )
     defaults.update(kwargs)
     return pl.Trainer(**defaults)
-
-
-def reference_fit(
-    net: nn.Module,
-    ds: TensorDataset,
-    make_optimizer: OptimizerFactory,
-    make_scheduler: Callable[[torch.optim.Optimizer], Any] | None,
-    steps_per_epoch: int,
-    epochs: int,
-    *,
-    init_scale: float,
-    divisor: float,
-    lr: float,
-    weight_decay: float,
-    batch_size: int = 8,
-    accumulate: int = 1,
-    clip_norm: float | None = None,
-) -> nn.Module:
-    """The paper's method written by hand: re-init, a three-group optimizer, a plain loop."""
-    net = copy.deepcopy(net)
-    init_bn_(net, init_scale)
-    groups = bn_param_groups(net, lr=lr, weight_decay=weight_decay, scale_lr_divisor=divisor)
-    for group in groups:
-        group.pop("bninit")
-    optimizer = make_optimizer(groups)
-    scheduler = make_scheduler(optimizer) if make_scheduler else None
-    data = loader(ds, batch_size)
-    net.train()
-    for _ in range(epochs):
-        for i, (x, y) in enumerate(data):
-            if i >= steps_per_epoch * accumulate:
-                break
-            loss = nn.functional.cross_entropy(net(x), y) / accumulate
-            loss.backward()
-            if (i + 1) % accumulate:
-                continue
-            if clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), clip_norm)
-            optimizer.step()
-            optimizer.zero_grad()
-            if scheduler is not None:
-                scheduler.step()
-    return net
-
-
-def assert_same_params(a: nn.Module, b: nn.Module, rtol: float = 1e-10, atol: float = 1e-12) -> None:
-    sa, sb = dict(a.named_parameters()), dict(b.named_parameters())
-    assert sa.keys() == sb.keys()
-    for name in sa:
-        torch.testing.assert_close(sa[name], sb[name], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")

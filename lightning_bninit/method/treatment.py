@@ -1,0 +1,205 @@
+"""The method applied to one model, once: what ``BNInit.setup`` and :func:`~lightning_bninit.attach` share.
+
+:func:`treat` finds the BN layers, re-initializes them (pretrained-looking, frozen and lazy layers as
+:func:`~lightning_bninit.init_bn_` says), adds the input BN when asked, and builds the revised update; the
+:class:`Treatment` it returns keeps the layers' values at the start and attaches optimizers. Messages name the
+caller (``BNInit`` or ``attach``) and reach the user through the ``warn`` / ``info`` functions it passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim import Optimizer
+
+from lightning_bninit.method.init import InitReport, init_bn_
+from lightning_bninit.method.input_norm import attach_input_norm, find_input_norm, infer_input_channels
+from lightning_bninit.method.layers import find_bn_layers, is_at, is_materialized, param_roles
+from lightning_bninit.method.settings import MethodSettings
+from lightning_bninit.method.step_hooks import RevisedUpdate
+from lightning_bninit.method.update import GroupSplitter, is_separable, unsupported_optimizer_message
+
+InitialValues = dict[str, dict[str, torch.Tensor]]
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who applies the method, for messages: ``name`` and how one of its options is written (``option % "x=1"``)."""
+
+    name: str
+    option: str
+
+    def with_option(self, option: str) -> str:
+        return self.option % option
+
+
+BNINIT = Caller("BNInit", "BNInit(%s)")
+ATTACH = Caller("attach", "attach(model, optimizer, %s)")
+
+
+@dataclass
+class Treatment:
+    """The BN layers one model's treatment covers, their values at the start, and the revised update.
+
+    ``layer_names`` are in network order, the input BN first; ``initial`` holds each layer's ``"scale"`` and
+    ``"shift"`` at the start (lazy layers join once materialized, see :meth:`record_lazy`).
+    """
+
+    settings: MethodSettings
+    report: InitReport
+    layer_names: list[str]
+    initial: InitialValues
+    update: RevisedUpdate
+    pending_lazy: list[str] = field(default_factory=list)
+
+    def attach(self, optimizer: Optimizer, caller: Caller) -> bool:
+        """Register the update on ``optimizer`` if it holds treated BN parameters; returns whether it did.
+
+        Raises:
+            TypeError: for an optimizer whose step may couple param groups (the message names the ways out).
+            ValueError: for an optimizer that already has the update attached by someone else.
+        """
+        if self.update.is_attached(optimizer) or not self.update.splitter.holds_bn_params(optimizer):
+            return False
+        if not is_separable(optimizer, self.settings.separable_optimizers):
+            raise TypeError(unsupported_optimizer_message(optimizer, caller.name))
+        self.update.attach(optimizer)
+        return True
+
+    def record_lazy(self, model: nn.Module) -> None:
+        """Record the values lazy layers were set to when their first forward materialized them."""
+        pending = []
+        for name in self.pending_lazy:
+            if name in self.initial:  # restored from a checkpoint
+                continue
+            bn = model.get_submodule(name)
+            if isinstance(bn, _BatchNorm) and is_materialized(bn):
+                self.initial[name] = {
+                    "scale": torch.full_like(bn.weight, self.settings.init_scale).detach(),
+                    "shift": torch.zeros_like(bn.bias).detach(),
+                }
+            else:
+                pending.append(name)
+        self.pending_lazy = pending
+
+    def state_dict(self) -> dict[str, Any]:
+        """Settings, layers and initial values as plain containers and CPU tensors (``weights_only``-safe)."""
+        return {
+            "settings": self.settings.plain(),
+            "layers": list(self.layer_names),
+            "initial": {name: {k: v.detach().cpu() for k, v in vals.items()} for name, vals in self.initial.items()},
+        }
+
+    def load_initial(self, state: dict[str, Any], warn: Say, caller: Caller) -> None:
+        """Take the initial values of a saved state (so drift stays relative to the original start); warn when it was
+        made with other settings, which are not taken."""
+        warn_changed_settings(state, self.settings, warn, caller)
+        self.initial.clear()
+        self.initial.update({name: dict(vals) for name, vals in state.get("initial", {}).items()})
+
+
+def warn_changed_settings(state: dict[str, Any], settings: MethodSettings, warn: Say, caller: Caller) -> None:
+    current = settings.plain()
+    saved = state.get("settings", {})
+    changed = {k: (v, current[k]) for k, v in saved.items() if k in current and current[k] != v}
+    if changed:
+        warn(
+            f"{caller.name} is resuming from a checkpoint made with other settings; continuing with the current ones: "
+            + ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        )
+
+
+def input_module(model: nn.Module, settings: MethodSettings, caller: Caller) -> nn.Module:
+    """The module whose forward's first argument the input BN normalizes (``model`` itself for ``True``).
+
+    Raises:
+        ValueError: when ``input_norm`` names a submodule ``model`` does not have.
+    """
+    if not isinstance(settings.input_norm, str):
+        return model
+    try:
+        return model.get_submodule(settings.input_norm)
+    except AttributeError as err:
+        names = [n for n, _ in model.named_children()]
+        raise ValueError(
+            f"{caller.with_option(f'input_norm={settings.input_norm!r}')}: {type(model).__name__} has no submodule "
+            f"of that name; pass True for the model's own forward or one of its submodules, e.g. {names}."
+        ) from err
+
+
+def add_input_norm(
+    model: nn.Module, settings: MethodSettings, caller: Caller, info: Say, example_input: Any = None
+) -> tuple[_BatchNorm, bool]:
+    """The input BN of ``model`` (see :func:`~lightning_bninit.method.input_norm.attach_input_norm`) and whether it
+    was added now.
+
+    Raises:
+        ValueError: when the number of input channels can be neither read from ``example_input`` nor inferred.
+    """
+    module = input_module(model, settings, caller)
+    existing = find_input_norm(module)
+    if existing is not None:
+        return existing, False
+    channels = settings.input_channels
+    if channels is None:
+        channels = infer_input_channels(module, example_input)
+        if channels is None:
+            example = " or the LightningModule's example_input_array" if caller is BNINIT else ""
+            raise ValueError(
+                f"{caller.with_option(f'input_norm={settings.input_norm!r}')} cannot tell how many channels the "
+                f"input of {type(module).__name__} has: set {caller.with_option('input_channels=...')}{example}."
+            )
+        info(f"{caller.name}: input BN on {type(module).__name__} with {channels} channels.")
+    return attach_input_norm(module, channels, settings.init_scale), True
+
+
+def treat(model: nn.Module, settings: MethodSettings, caller: Caller, warn: Say, deferred: bool) -> Treatment:
+    """Re-initialize the BN layers of ``model`` and build the revised update (no optimizer attached yet).
+
+    The input BN, if ``model`` has one (:func:`add_input_norm` first), is treated whatever ``include`` says, and
+    first; its values are left as they were set. Layers that look pretrained keep their values (one ``warn`` naming
+    them) unless ``force``; frozen layers are left out; lazy layers are set on their first forward.
+    """
+    norm = find_input_norm(input_module(model, settings, caller)) if settings.input_norm else None
+    input_names = [n for n, m in model.named_modules() if norm is not None and m is norm]
+    exclude = (*settings.exclude, *input_names)
+    layers = find_bn_layers(model, settings.include, exclude)
+    if not layers:
+        warn(
+            f"{caller.name} found no batch-norm layer with affine parameters in {type(model).__name__}"
+            f"{' matching include/exclude' if settings.include or settings.exclude else ''}; training continues "
+            "unchanged."
+        )
+    report = init_bn_(model, settings.init_scale, include=settings.include, exclude=exclude, force=settings.force)
+    layers = {**{name: norm for name in input_names}, **layers}
+    _warn_pretrained(report, layers, settings, caller, warn)
+    trainable = {n: bn for n, bn in layers.items() if n not in report.frozen}
+    initial = {n: _snapshot(bn) for n, bn in trainable.items() if is_materialized(bn)}
+    splitter = GroupSplitter(param_roles(trainable.values()), settings.scale_lr_divisor, settings.exempt_weight_decay)
+    return Treatment(
+        settings=settings, report=report, layer_names=list(trainable), initial=initial,
+        update=RevisedUpdate(splitter, deferred=deferred), pending_lazy=[n for n in trainable if n not in initial],
+    )
+
+
+def _warn_pretrained(
+    report: InitReport, layers: dict[str, _BatchNorm], settings: MethodSettings, caller: Caller, warn: Say
+) -> None:
+    already = [n for n in report.not_default if is_at(layers[n], settings.init_scale)]
+    pretrained = [n for n in report.not_default if n not in already]
+    if pretrained:
+        warn(
+            f"{caller.name} left the values of {len(pretrained)} BN layer(s) alone because they are not at PyTorch's "
+            f"default (scale 1, shift 0) and look pretrained or already initialized: {', '.join(pretrained)}. "
+            f"They still get the revised update. Pass {caller.with_option('force=True')} to re-initialize them too."
+        )
+
+
+def _snapshot(bn: _BatchNorm) -> dict[str, torch.Tensor]:
+    return {"scale": bn.weight.detach().clone(), "shift": bn.bias.detach().clone()}
