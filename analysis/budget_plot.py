@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         ax.annotate(f"{r['epochs']} ep, n={r['n_pairs']}", (r["steps"], r["mean_diff"]), textcoords="offset points",
                     xytext=(6, 6), fontsize=8)
     ax.axhline(0, color="black", lw=0.8)
+    ax.margins(x=0.15)
     ax.set_xlabel("training steps (cosine schedule over the whole run)")
     ax.set_ylabel(f"paired difference in {args.metric}")
     ax.set_title("Gap vs training budget", fontsize=10)
