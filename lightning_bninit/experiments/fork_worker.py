@@ -42,9 +42,15 @@ def _cuda_initialized() -> bool:
 
 
 def _preload(required: list[str], optional: list[str]) -> tuple[list[str], str | None]:
-    """Import the modules; returns those imported and an error message (a failed ``required`` module, or CUDA)."""
+    """Import the modules, ``optional`` (the defaults: torch and Lightning first, as a script imports them) before
+    ``required``; returns those imported and an error message (a failed ``required`` module, or CUDA).
+
+    The order matters: modules can behave differently depending on what was imported before them (rich.console
+    imported before Lightning makes LightningCLI read ``--trainer.limit_val_batches=1`` as 1.0 when two config files
+    are given), so the workers import what every script imports first.
+    """
     done = []
-    for name in required + optional:
+    for name in optional + required:
         try:
             importlib.import_module(name)
         except ImportError as err:
@@ -58,18 +64,26 @@ def _preload(required: list[str], optional: list[str]) -> tuple[list[str], str |
     return done, None
 
 
-def _follow_thread_setting(event: str, args: tuple[Any, ...]) -> None:
+class _ThreadSetting:
     """Audit hook of a child: a script that sets OMP_NUM_THREADS (e.g. ``os.environ.setdefault``) before it imports
-    torch gets that many threads in a fresh process; here torch is already imported, so apply it."""
-    if event != "os.putenv" or args[0] not in (b"OMP_NUM_THREADS", "OMP_NUM_THREADS"):
-        return
-    torch = sys.modules.get("torch")
-    try:
-        threads = int(args[1])
-    except (TypeError, ValueError):
-        return
-    if torch is not None and threads > 0:
-        torch.set_num_threads(threads)
+    torch gets ``min(n, default)`` threads in a fresh process (MKL caps it at torch's default, the physical cores);
+    here torch is already imported, so the same number is applied when the script sets the variable."""
+
+    def __init__(self) -> None:
+        torch = sys.modules.get("torch")
+        unset = "OMP_NUM_THREADS" not in os.environ and "MKL_NUM_THREADS" not in os.environ
+        self.default = torch.get_num_threads() if torch is not None and unset else None
+
+    def __call__(self, event: str, args: tuple[Any, ...]) -> None:
+        if event != "os.putenv" or args[0] not in (b"OMP_NUM_THREADS", "OMP_NUM_THREADS"):
+            return
+        torch = sys.modules.get("torch")
+        try:
+            threads = int(args[1])
+        except (TypeError, ValueError):
+            return
+        if torch is not None and threads > 0:
+            torch.set_num_threads(min(threads, self.default) if self.default else threads)
 
 
 def _redirect(log: str) -> None:
@@ -96,7 +110,7 @@ def _child(request: dict[str, Any], reply_fd: int, sync_fd: int) -> NoReturn:
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
-    sys.addaudithook(_follow_thread_setting)
+    sys.addaudithook(_ThreadSetting())
     argv = request["argv"]
     if argv[1] == "-m":  # python -m module args...
         sys.argv = [argv[2], *argv[3:]]
