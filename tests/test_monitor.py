@@ -252,7 +252,7 @@ def test_wandb_offline_run_file_has_keys_histograms_and_summary_table(tmp_path) 
     run_dir = logger.experiment.dir
     logger.experiment.finish()
 
-    records = wandb_reader.read_records(wandb_reader.find_run_file(str(tmp_path)))
+    records = wandb_reader.read_finished_run(str(tmp_path))
     history = wandb_reader.history(records)
     scalars = [r for r in history if any(k.startswith("bn/") for k in r)]
     assert [r["trainer/global_step"] for r in scalars] == [1, 3]

@@ -39,9 +39,10 @@ def test_statistics_match_scipy(tmp_path):
     assert rep.t_statistic == pytest.approx(stats.ttest_rel(t, b).statistic)
     assert rep.p_value_wilcoxon == pytest.approx(stats.wilcoxon(d, alternative="greater").pvalue)
     assert rep.cohens_dz == pytest.approx(d.mean() / d.std(ddof=1))
-    assert rep.ci95_low < d.mean() < rep.ci95_high
-    assert rep.arms["standard"] == {"n": 6, "mean": pytest.approx(b.mean()), "std": pytest.approx(b.std(ddof=1))}
-    assert rep.significant and "SIGNIFICANT" in rep.verdict
+    assert rep.bootstrap_ci95_low < d.mean() < rep.bootstrap_ci95_high
+    assert rep.arms["standard"] == {"n": 6, "mean": pytest.approx(b.mean()), "std": pytest.approx(b.std(ddof=1)),
+                                    "diverged": 0}
+    assert rep.significant and rep.verdict.startswith("SIGNIFICANT: bninit > standard on test_acc")
 
 
 def test_hand_checkable_case(tmp_path):
@@ -51,7 +52,11 @@ def test_hand_checkable_case(tmp_path):
     assert rep.t_statistic == pytest.approx(2 * math.sqrt(3))
     assert rep.p_value_ttest == pytest.approx(stats.t.sf(2 * math.sqrt(3), 2))
     assert rep.p_value_wilcoxon == pytest.approx(1 / 8)  # exact: only the all-positive sign pattern
-    assert rep.n_pairs_for_80_power == pairs_for_power(2.0)
+    # statsmodels' TTestPower().solve_power(effect_size=2, alpha=0.05, power=0.8, alternative="larger") = 3.34
+    assert rep.n_pairs_for_80_power == 4
+    # one-sided 95% t interval: 2 - t(0.95, df=2) * 1 / sqrt(3), with t(0.95, 2) = 2.919986 (t table)
+    assert rep.ci_low == pytest.approx(2 - 2.919986 / math.sqrt(3), abs=1e-6) and rep.ci_high == math.inf
+    assert rep.ci_level == pytest.approx(0.95)
 
 
 def test_power_against_noncentral_t():
@@ -68,12 +73,21 @@ def test_markdown_json_and_plot_cli(tmp_path, capsys):
     assert main(["report", str(path), "--metric", "test_acc", "--plot", str(tmp_path / "d.png")]) == 0
     md = capsys.readouterr().out
     assert "| standard | 6 |" in md and "paired t-test" in md and "Verdict (alpha = 0.05)" in md
+    assert "| 95% one-sided paired t CI of mean difference (the test's interval) | [" in md and "+inf) |" in md
+    assert "| robustness check: bootstrap 95% CI of mean difference (" in md
     assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["report", str(path), "--metric", "test_acc", "--json"]) == 0
     obj = json.loads(capsys.readouterr().out)
-    for key in ("n_pairs", "mean_diff", "p_value_ttest", "p_value_wilcoxon", "ci95_low", "ci95_high", "cohens_dz"):
-        assert key in obj
-    assert obj["n_pairs"] == 6
+    for key in ("n_pairs", "mean_diff", "p_value_ttest", "p_value_wilcoxon", "ci95_low", "ci95_high", "cohens_dz",
+                "ci_low", "ci_high", "ci_level", "bootstrap_ci95_low", "bootstrap_ci95_high", "bootstrap_method",
+                "diverged_runs", "n_diverged_runs", "n_pairs_dropped_diverged", "power_observed"):
+        assert key in obj, key
+    assert obj["n_pairs"] == 6 and "comparisons" not in obj
+    # the old names keep their old meaning: the bootstrap interval
+    assert (obj["ci95_low"], obj["ci95_high"], obj["ci_method"]) == (
+        obj["bootstrap_ci95_low"], obj["bootstrap_ci95_high"], obj["bootstrap_method"])
+    assert obj["ci_high"] is None and obj["ci_low"] > 0  # [low, +inf): one-sided, significant
+    assert obj["n_diverged_runs"] == {"standard": 0, "bninit": 0} and obj["n_pairs_dropped_diverged"] == 0
 
 
 def test_failed_and_unpaired_runs_are_reported_and_left_out(tmp_path):
@@ -118,7 +132,7 @@ def test_bad_inputs_give_clear_messages(tmp_path, capsys):
         (["report", str(tmp_path / "missing.jsonl"), "--metric", "test_acc"], "results file not found"),
         (["report", str(good), "--metric", "val_acc"], "unknown metric 'val_acc'"),
         (["report", str(good), "--metric", "test_acc", "--treatment", "nope"], "treatment arm 'nope'"),
-        (["report", str(good), "--metric", "test_acc", "--baseline", "bninit"], "same arm"),
+        (["report", str(good), "--metric", "test_acc", "--baseline", "bninit", "--treatment", "bninit"], "same arm"),
         (["report", str(write(tmp_path / "one.jsonl", rows([0.9], [0.95]))), "--metric", "test_acc"],
          "need at least 2 paired seeds"),
         (["report", str(write(tmp_path / "zero.jsonl", rows([0.9, 0.8, 0.7], [0.91, 0.81, 0.71]))), "--metric", "test_acc"],
@@ -126,7 +140,9 @@ def test_bad_inputs_give_clear_messages(tmp_path, capsys):
         (["report", str(write(tmp_path / "unp.jsonl", rows()[:1] + rows()[3:4])), "--metric", "test_acc"],
          "left out"),
         (["report", str(write(tmp_path / "nan.jsonl", rows([0.9, float("nan")], [0.9, 0.9]))), "--metric",
-          "test_acc"], "is nan"),
+          "test_acc"], "found 1 (1 diverged run(s) of 'standard'"),
+        (["report", str(write(tmp_path / "str.jsonl", rows([0.9, "nan"], [0.9, 0.9]))), "--metric",
+          "test_acc"], "'test_acc' must be a number, got 'nan'"),
         (["report", str(write(tmp_path / "dup.jsonl", rows() + rows()[:1])), "--metric", "test_acc"],
          "already finished on line 1"),
     ]

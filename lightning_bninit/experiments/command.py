@@ -45,17 +45,25 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="print the report for METRIC when done (default: `report:` of the experiment file)")
 
     rep = sub.add_parser("report", help="paired significance report of a results file",
-                         description="Per-arm summary, paired differences, one-sided paired t-test (the paper's), "
-                                     "Wilcoxon, bootstrap CI, Cohen's d_z, pairs for 80% power and a verdict.")
+                         description="Per-arm summary, paired differences, one-sided paired t-test (the paper's) and "
+                                     "its confidence interval, Wilcoxon and a bootstrap CI as robustness checks, "
+                                     "Cohen's d_z, pairs for 80% power and a verdict. Without --treatment, every "
+                                     "arm is compared with the baseline (Holm-corrected), unless the file holds "
+                                     "only the baseline and bninit (then: bninit vs the baseline).")
     rep.add_argument("results", help="JSONL file written by `bninit compare`")
     rep.add_argument("--metric", required=True, help="metric to compare, e.g. test_acc")
     rep.add_argument("--baseline", default="standard", help="reference arm (default standard)")
-    rep.add_argument("--treatment", default="bninit", help="arm expected to be better (default bninit)")
+    rep.add_argument("--treatment", default=None,
+                     help="compare only this arm with the baseline (two-arm report); default: bninit if the file "
+                          "has no other arm, else every arm with Holm's correction")
     rep.add_argument("--alternative", choices=["greater", "less", "two-sided"], default="greater",
                      help="H1 for treatment vs baseline: greater (default, higher is better), less (e.g. a loss)")
-    rep.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdict (default 0.05)")
+    rep.add_argument("--alpha", type=float, default=0.05,
+                     help="significance level of the verdict (family-wise across arms) and 1 - CI level "
+                          "(default 0.05)")
     rep.add_argument("--json", action="store_true", help="print one JSON object instead of Markdown")
-    rep.add_argument("--plot", metavar="FILE", help="also save a PNG of the paired differences")
+    rep.add_argument("--plot", metavar="FILE", help="also save a PNG: the paired differences (two arms) or the "
+                                                   "metric against init_scale, a line per scale_lr_divisor (all arms)")
     rep.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     rep.add_argument("--skip-bad-lines", action="store_true", help="leave malformed lines out instead of failing")
     return parser
@@ -71,25 +79,52 @@ def _version() -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from lightning_bninit.experiments.multiarm import default_treatment
     from lightning_bninit.experiments.report import format_markdown, load_results, paired_report, plot_differences
 
     if args.resamples < 100:
         raise _UsageError(f"--resamples must be >= 100, got {args.resamples}")
     results = load_results(args.results, skip_bad_lines=args.skip_bad_lines)
-    report = paired_report(results, args.metric, args.baseline, args.treatment, alternative=args.alternative,
+    treatment = args.treatment if args.treatment is not None else default_treatment(results, args.baseline)
+    if treatment is None:
+        return _multi_arm_report(args, results)
+    report = paired_report(results, args.metric, args.baseline, treatment, alternative=args.alternative,
                            alpha=args.alpha, n_resamples=args.resamples)
     if args.plot:
         plot_differences(report, args.plot)
+    _print_report(args, report.to_dict(), format_markdown(report), None)
+    return 0
+
+
+def _multi_arm_report(args: argparse.Namespace, results: Any) -> int:
+    from lightning_bninit.experiments.multiarm import format_multi_markdown, multi_arm_report
+
+    report = multi_arm_report(results, args.metric, args.baseline, alternative=args.alternative, alpha=args.alpha,
+                              n_resamples=args.resamples)
+    plot_notes: list[str] = []
+    if args.plot:
+        from lightning_bninit.experiments.grid_plot import plot_grid
+
+        _, plot_notes = plot_grid(report, results, args.plot)
+    _print_report(args, report.to_dict(), format_multi_markdown(report), plot_notes)
+    return 0
+
+
+def _print_report(args: argparse.Namespace, payload: dict[str, Any], markdown: str,
+                  plot_notes: list[str] | None) -> None:
+    plot_notes = plot_notes or []
     if args.json:
-        payload = report.to_dict()
         if args.plot:
             payload["plot"] = args.plot
+            if payload.get("comparisons") is not None:
+                payload["plot_notes"] = plot_notes
         print(json.dumps(payload, indent=2))
-    else:
-        print(format_markdown(report))
-        if args.plot:
-            print(f"\nplot: {args.plot}")
-    return 0
+        return
+    print(markdown)
+    if args.plot:
+        print(f"\nplot: {args.plot}")
+        for note in plot_notes:
+            print(f"> plot note: {note}")
 
 
 def _seeds_and_arms(args: argparse.Namespace, exp: Any) -> tuple[list[int], list[str]]:
@@ -157,14 +192,20 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _end_of_compare_report(out: str, metric: str, options: dict[str, Any]) -> None:
+    """The report of ``report:`` (or ``--report-metric``), as ``bninit report`` makes it: with no ``treatment``, the
+    two-arm report when the file holds only the baseline and ``bninit``, else every arm against the baseline."""
+    from lightning_bninit.experiments.multiarm import default_treatment, format_multi_markdown, multi_arm_report
     from lightning_bninit.experiments.report import ReportError, format_markdown, load_results, paired_report
 
+    baseline = options.get("baseline", "standard")
+    kwargs = {"alternative": options.get("alternative", "greater"), "alpha": float(options.get("alpha", 0.05))}
     try:
-        report = paired_report(load_results(out), metric, options.get("baseline", "standard"),
-                               options.get("treatment", "bninit"),
-                               alternative=options.get("alternative", "greater"),
-                               alpha=float(options.get("alpha", 0.05)))
-        print(format_markdown(report))
+        results = load_results(out)
+        treatment = options.get("treatment") or default_treatment(results, baseline)
+        if treatment is None:
+            print(format_multi_markdown(multi_arm_report(results, metric, baseline, **kwargs)))
+        else:
+            print(format_markdown(paired_report(results, metric, baseline, treatment, **kwargs)))
     except ReportError as err:
         print(f"bninit: report not available: {err}", file=sys.stderr)
 

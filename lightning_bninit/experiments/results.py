@@ -27,6 +27,7 @@ class RunRecord:
     arm: str
     metrics: dict[str, Any]
     error: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -51,6 +52,11 @@ class Results:
         """Arm names of the finished runs, in order of first appearance."""
         return list(dict.fromkeys(r.arm for r in self.runs))
 
+    @property
+    def all_arms(self) -> list[str]:
+        """Arm names of every usable line, finished or failed, in order of first appearance."""
+        return list(dict.fromkeys(r.arm for r in sorted(self.runs + self.failed, key=lambda r: r.line)))
+
 
 def _parse_line(lineno: int, raw: bytes, last: bool) -> RunRecord:
     truncated = last and not raw.endswith(b"\n")
@@ -70,7 +76,9 @@ def _parse_line(lineno: int, raw: bytes, last: bool) -> RunRecord:
         raise ReportError(f"line {lineno}: 'arm' must be a non-empty string, got {arm!r}")
     error = obj.get("error")
     metrics = {k: v for k, v in obj.items() if k not in RESERVED_KEYS}
-    return RunRecord(line=lineno, seed=seed, arm=arm, metrics=metrics, error=None if error is None else str(error))
+    config = obj.get("config")
+    return RunRecord(line=lineno, seed=seed, arm=arm, metrics=metrics, error=None if error is None else str(error),
+                     config=config if isinstance(config, dict) else {})
 
 
 def load_results(path: str | Path, *, skip_bad_lines: bool = False) -> Results:

@@ -4,11 +4,66 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["bootstrap_ci", "paired_t_power", "pairs_for_power"]
+__all__ = ["bootstrap_ci", "holm_adjust", "paired_t_power", "pairs_for_power", "t_interval"]
+
+
+def t_interval(mean: float, std: float, n: int, alpha: float, alternative: str) -> tuple[float, float]:
+    """Confidence interval of a mean from the t distribution (``df = n - 1``), with the sidedness of the test.
+
+    The interval is the set of true means the t-test at ``alpha`` would not reject, so 0 lies outside it exactly
+    when the paired t-test of the differences gives ``p <= alpha`` (up to float round-off at the boundary).
+
+    Args:
+        mean: sample mean (of the paired differences).
+        std: sample standard deviation (``ddof=1``).
+        n: number of values (>= 2).
+        alpha: 1 - confidence level.
+        alternative: ``"greater"`` gives ``[low, +inf)``, ``"less"`` gives ``(-inf, high]``, ``"two-sided"``
+            gives ``[low, high]`` with ``alpha / 2`` on each side.
+
+    Returns:
+        ``(low, high)``, with ``-inf`` or ``+inf`` for the open end of a one-sided interval.
+    """
+    from scipy import stats
+
+    se = std / math.sqrt(n)
+    if alternative == "two-sided":
+        half = float(stats.t.ppf(1 - alpha / 2, n - 1)) * se
+        return mean - half, mean + half
+    half = float(stats.t.ppf(1 - alpha, n - 1)) * se
+    if alternative == "greater":
+        return mean - half, math.inf
+    if alternative == "less":
+        return -math.inf, mean + half
+    raise ValueError(f"alternative must be 'greater', 'less' or 'two-sided', got {alternative!r}")
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control), in the order given.
+
+    With the m p-values sorted ascending, ``p_(1) <= ... <= p_(m)``, the adjusted value of ``p_(i)`` is
+    ``max over j <= i of min(1, (m - j + 1) * p_(j))``. Rejecting every hypothesis whose adjusted p-value is
+    ``<= alpha`` keeps the probability of any false rejection at most ``alpha`` (Holm 1979).
+
+    Raises:
+        ValueError: a p-value that is not a number in [0, 1].
+    """
+    values = [float(p) for p in p_values]
+    bad = [p for p in values if not 0.0 <= p <= 1.0]  # also catches NaN
+    if bad:
+        raise ValueError(f"p-values must be numbers in [0, 1], got {bad}")
+    m = len(values)
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, index in enumerate(sorted(range(m), key=lambda i: values[i])):
+        running = max(running, min(1.0, (m - rank) * values[index]))
+        adjusted[index] = running
+    return adjusted
 
 
 def paired_t_power(dz: float, n: int, alpha: float, alternative: str) -> float:

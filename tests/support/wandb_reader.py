@@ -108,3 +108,24 @@ def summary(records: list[Any]) -> dict[str, Any]:
 
 def metric_definitions(records: list[Any]) -> list[Any]:
     return [r.metric for r in records if r.WhichOneof("record_type") == "metric"]
+
+
+def read_finished_run(root: str, timeout: float = 60.0) -> list[Any]:
+    """The records of the one run under ``root``, once its file is complete.
+
+    ``run.finish()`` returns before W&B's core has written every record (a run that logged tables or charts can
+    lag by seconds), so wait for the run's ``exit`` record and for the history to stop growing.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = -1
+    while True:
+        records = read_records(find_run_file(root))
+        done = any(r.WhichOneof("record_type") == "exit" for r in records)
+        if done and len(records) == last:
+            return records
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the W&B run under {root} did not finish writing within {timeout} s")
+        last = len(records) if done else -1
+        time.sleep(0.5)
