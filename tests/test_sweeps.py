@@ -183,3 +183,15 @@ def test_dry_run_lists_the_arms_before_the_commands(sweep, tmp_path, capsys):
     assert "#   g0.1_c1: --bninit=true --bninit.init_scale=0.1 --bninit.scale_lr_divisor=1.0" in arms
     commands = out[len(arms) + 1:]
     assert len(commands) == 8 and all(str(FAKE) in c for c in commands)
+
+
+def test_end_of_compare_report_of_a_sweep_is_every_arm_against_the_baseline(sweep, tmp_path, capsys):
+    from lightning_bninit.experiments.multiarm import format_multi_markdown, multi_arm_report
+    from lightning_bninit.experiments.report import load_results
+
+    path, _ = sweep
+    path.write_text(path.read_text() + "report: {metric: test_acc}\n")
+    out = tmp_path / "sweep.jsonl"
+    assert main(["compare", "--config", str(path), "--out", str(out), "--seeds", "1-3", "--no-progress"]) == 0
+    expected = format_multi_markdown(multi_arm_report(load_results(out), "test_acc", "standard"))
+    assert capsys.readouterr().out.strip() == expected.strip()

@@ -4,7 +4,7 @@ Understands only what compare passes: the subcommand, `--seed_everything`, `--tr
 `--trainer.callbacks.checkpoint_dir` (where it writes its checkpoint, as RunRecorder makes every ModelCheckpoint do),
 `--trainer.callbacks.save_last`, `--trainer.default_root_dir`, `--ckpt_path`, `--trainer.callbacks.test_path` (then it
 tests right after fit, as with `test: in_fit`, unless `--fake.test_after_fit=false`) and `--bninit.<option>=` (echoed
-as test metrics `echo_<option>`), plus test switches:
+as test metrics `echo_<option>`; gamma0 and c move the accuracy a little), plus test switches:
 
 - `--fake.acc=A`: the test accuracy's base;
 - `--fake.fail=fit|test`: exit with code 3 in that stage (in test also when $FAKE_FAIL_ARG is one of the arguments);
@@ -18,6 +18,7 @@ pid, and the W&B and thread variables it got) into the run folder.
 """
 
 import json
+import math
 import os
 import sys
 import time
@@ -44,6 +45,9 @@ if args.get("fake.crash") == stage:
 
 def test_metrics() -> dict:
     base = float(args.get("fake.acc", 0.9))
+    # BNInit's options (sweeps) move the accuracy a little, so that grid arms differ
+    base += 0.01 * math.log10(float(args.get("bninit.scale_lr_divisor", 1))) - 0.02 * abs(
+        math.log10(float(args.get("bninit.init_scale", 1))))
     acc = base + (seed % 7) / 1000 * (1 + base)  # arm-dependent noise: differences vary by seed
     metrics = {"test_acc": acc, "test_loss": 1 - acc}
     for key, value in args.items():
