@@ -101,6 +101,9 @@ def test_interrupt_leaves_whole_lines_and_resume_completes(exp, tmp_path):
     assert "run the same command again to resume" in err and "Traceback" not in err
     recs = lines(out)
     assert [(r["seed"], r["arm"]) for r in recs] == [(1, "standard")]  # the interrupted run left nothing
+    slow_pid = int((tmp_path / "res_runs" / "slow" / "seed_1" / "fit.pid").read_text())
+    with pytest.raises(ProcessLookupError):  # Ctrl-C stopped the running phase, not only compare
+        os.kill(slow_pid, 0)
     # Resume (without the sleep): only the missing pair runs.
     path.write_text(path.read_text().replace("[--fake.sleep=60]", "[--fake.acc=0.5]"))
     n_calls = len(calls.read_text().splitlines())

@@ -221,3 +221,12 @@ def test_append_waits_for_another_process_holding_the_lock(tmp_path):
         fcntl.flock(held.fileno(), fcntl.LOCK_UN)
     proc.join(60)
     assert proc.exitcode == 0 and [r["seed"] for r in _lines(path)] == [1000]
+
+
+def test_launcher_option_overrides_the_file_and_is_recorded(make_exp, tmp_path, launcher):
+    other = {"fork": "subprocess", "subprocess": "fork"}[launcher]
+    out = tmp_path / "r.jsonl"
+    assert _compare(make_exp(), out, "--arms", "standard", "--launcher", other) == 0
+    assert _lines(out)[0]["config"]["launcher"] == other
+    fit = json.loads((tmp_path / "r_runs" / "standard" / "seed_1" / "fit_env.json").read_text())
+    assert (fit["ppid"] != os.getpid()) == (other == "fork")  # a fork worker's child, or compare's own
