@@ -77,16 +77,27 @@ def test_a_forked_phase_is_a_process_of_its_own(tmp_path, monkeypatch):
         launcher.close()
 
 
-def test_a_script_exception_is_a_failed_phase_with_its_traceback(tmp_path):
-    launcher = _fork(tmp_path)
-    try:
-        rc, _ = launcher.run([sys.executable, str(PROBE), str(tmp_path / "p.json"), "--raise"], tmp_path / "x.log",
-                             _env())
-        assert rc == 1 and "RuntimeError: probe failed on purpose" in (tmp_path / "x.log").read_text()
-        rc, _ = launcher.run([sys.executable, str(PROBE), str(tmp_path / "p.json")], tmp_path / "y.log", _env())
-        assert rc == 0  # the worker goes on
-    finally:
-        launcher.close()
+@pytest.mark.parametrize(("flags", "code", "in_log"), [
+    (["--raise"], 1, "RuntimeError: probe failed on purpose"),
+    (["--exit-text", "bad input"], 1, "bad input"),
+    (["--interrupt"], -2, "KeyboardInterrupt"),
+    (["--exit", "0", "--at-exit"], 0, "probe stdout"),
+])
+def test_exit_codes_and_exit_handlers_are_those_of_a_fresh_process(tmp_path, flags, code, in_log):
+    out = tmp_path / "p.json"
+    got = {}
+    for kind in ("subprocess", "fork"):
+        launcher = SubprocessLauncher(None) if kind == "subprocess" else _fork(tmp_path)
+        try:
+            rc, _ = launcher.run([sys.executable, str(PROBE), str(out), *flags], tmp_path / f"{kind}.log", _env())
+        finally:
+            launcher.close()
+        assert in_log in (tmp_path / f"{kind}.log").read_text()
+        got[kind] = rc
+        if "--at-exit" in flags:  # atexit handlers ran and the non-daemon thread was joined first
+            assert (Path(f"{out}.atexit").read_text(), Path(f"{out}.thread").read_text()) == ("ran", "joined")
+            Path(f"{out}.atexit").unlink()
+    assert got == {"subprocess": code, "fork": code}
 
 
 def test_thread_setting_of_the_script_applies_as_in_a_fresh_process(tmp_path):

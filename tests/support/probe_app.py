@@ -1,14 +1,18 @@
 """A script for the launcher tests: reports what process it runs in, as JSON, to the path given as its first argument.
 
-    probe_app.py OUT.json [--threads N] [--exit CODE] [--raise] [--sleep S]
+    probe_app.py OUT.json [--threads N] [--exit CODE] [--exit-text TEXT] [--raise] [--interrupt] [--sleep S]
+                          [--at-exit]
 
 `--threads N` sets OMP_NUM_THREADS with `os.environ.setdefault` before importing torch (as examples/digits/main.py
-does) and reports `torch.get_num_threads()`.
+does) and reports `torch.get_num_threads()`. `--at-exit` registers an atexit handler and starts a non-daemon thread
+that each write a file next to OUT (`OUT.atexit`, `OUT.thread`) when the interpreter exits.
 """
 
+import atexit
 import json
 import os
 import sys
+import threading
 import time
 
 out, flags = sys.argv[1], sys.argv[2:]
@@ -31,6 +35,14 @@ with open(out, "w") as fh:
 print("probe stdout", flush=True)
 print("probe stderr", file=sys.stderr, flush=True)
 time.sleep(float(flag("--sleep", 0)))
+if "--at-exit" in flags:
+    atexit.register(lambda: open(out + ".atexit", "w").write("ran"))
+    thread_file = open(out + ".thread", "w")  # noqa: SIM115 - written by the thread, closed by it
+    threading.Thread(target=lambda: (time.sleep(1.0), thread_file.write("joined"), thread_file.close())).start()
 if "--raise" in flags:
     raise RuntimeError("probe failed on purpose")
+if "--interrupt" in flags:
+    raise KeyboardInterrupt
+if flag("--exit-text"):
+    sys.exit(flag("--exit-text"))
 sys.exit(int(flag("--exit", 0)))
