@@ -17,8 +17,14 @@ FAKE = Path(__file__).parent / "support" / "fake_cli.py"
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(params=["subprocess", "fork"])
+def launcher(request):
+    """Both launchers; the fork workers preload nothing here (the fake script needs neither torch nor Lightning)."""
+    return request.param
+
+
 @pytest.fixture
-def exp(tmp_path, monkeypatch):
+def exp(tmp_path, monkeypatch, launcher):
     calls = tmp_path / "calls.txt"
     calls.touch()
     monkeypatch.setenv("FAKE_CALLS", str(calls))
@@ -26,6 +32,7 @@ def exp(tmp_path, monkeypatch):
     path = tmp_path / "exp.yaml"
     path.write_text(
         f"script: {FAKE}\nconfig: base.yaml\nmetrics: [test_acc]\nseeds: 1-2\n"
+        f"launcher: {launcher}\npreload_defaults: false\n"
         "arms:\n  standard: [--fake.acc=0.90]\n  bninit: [--fake.acc=0.95]\n"
         "  broken: [--fake.fail=test]\n  slow: [--fake.sleep=60]\n"
     )
@@ -94,6 +101,9 @@ def test_interrupt_leaves_whole_lines_and_resume_completes(exp, tmp_path):
     assert "run the same command again to resume" in err and "Traceback" not in err
     recs = lines(out)
     assert [(r["seed"], r["arm"]) for r in recs] == [(1, "standard")]  # the interrupted run left nothing
+    slow_pid = int((tmp_path / "res_runs" / "slow" / "seed_1" / "fit.pid").read_text())
+    with pytest.raises(ProcessLookupError):  # Ctrl-C stopped the running phase, not only compare
+        os.kill(slow_pid, 0)
     # Resume (without the sleep): only the missing pair runs.
     path.write_text(path.read_text().replace("[--fake.sleep=60]", "[--fake.acc=0.5]"))
     n_calls = len(calls.read_text().splitlines())
@@ -158,7 +168,7 @@ def test_experiment_errors(tmp_path, capsys, yaml_text, argv, expect):
         assert rc == 2 and expect in captured.err and "Traceback" not in captured.err
 
 
-def test_in_fit_mode_runs_one_process_per_pair(exp, tmp_path):
+def test_in_fit_mode_runs_one_process_per_pair(exp, tmp_path, launcher):
     path, calls = exp
     path.write_text(path.read_text() + "test: in_fit\n")
     out = tmp_path / "res.jsonl"
@@ -170,7 +180,7 @@ def test_in_fit_mode_runs_one_process_per_pair(exp, tmp_path):
     rec = next(r for r in recs if r["seed"] == 1 and r["arm"] == "standard")
     assert rec["test_acc"] == pytest.approx(0.90 + derive_seed(1) % 7 / 1000 * 1.90)
     assert "ckpt_path" not in rec["config"]
-    assert rec["config"]["fit_epochs"] is None  # the fake script reports no epochs
+    assert rec["config"]["fit_epochs"] == 2 and rec["config"]["launcher"] == launcher
 
 
 def test_in_fit_mode_without_a_test_is_recorded_as_a_failure(exp, tmp_path):

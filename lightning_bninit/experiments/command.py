@@ -35,7 +35,12 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", default="results.jsonl", help="JSONL results file (default results.jsonl)")
     cmp.add_argument("--runs-dir", help="directory for run outputs (default: <out stem>_runs)")
     cmp.add_argument("--no-progress", action="store_true", help="no progress bar")
-    cmp.add_argument("--dry-run", action="store_true", help="print the commands of the missing runs and exit")
+    cmp.add_argument("--dry-run", action="store_true",
+                     help="print the arms (name and overrides), then the commands of the missing runs, and exit")
+    cmp.add_argument("--launcher", choices=["auto", "subprocess", "fork"],
+                     help="how each run's processes start: a fresh Python each (subprocess) or forked from workers "
+                          "that import torch and Lightning once (fork); default: `launcher:` of the experiment file, "
+                          "else auto (fork on Linux without GPUs)")
     cmp.add_argument("--report-metric", metavar="METRIC",
                      help="print the report for METRIC when done (default: `report:` of the experiment file)")
 
@@ -134,7 +139,8 @@ def _seeds_and_arms(args: argparse.Namespace, exp: Any) -> tuple[list[int], list
     arms = [a.strip() for a in args.arms.split(",")] if args.arms else exp.default_arms
     if any(not a for a in arms):
         raise _UsageError(f"--arms: empty arm name in {args.arms!r}")
-    return seeds, arms
+    arms = [exp.grid_aliases.get(a, a) for a in arms]  # g1_c1 of a grid is `standard`
+    return seeds, list(dict.fromkeys(arms))
 
 
 def _dry_run(args: argparse.Namespace, exp: Any, seeds: list[int], arms: list[str]) -> int:
@@ -150,6 +156,12 @@ def _dry_run(args: argparse.Namespace, exp: Any, seeds: list[int], arms: list[st
     out = Path(args.out)
     runs_dir = Path(args.runs_dir) if args.runs_dir else out.with_name(out.stem + "_runs")
     done = ResultsFile(out).finished()
+    aliases = {arm: name for name, arm in exp.grid_aliases.items()}
+    print(f"# arms ({len(arms)}):")
+    for arm in arms:
+        also = f"  (grid point {aliases[arm]})" if arm in aliases else ""
+        print(f"#   {arm}: {shlex.join(exp.arms[arm]) or '(no overrides)'}{also}")
+    print("# commands of the runs not yet finished:")
     for seed in seeds:
         for arm in arms:
             if (seed, arm) not in done:
@@ -170,7 +182,7 @@ def _compare(args: argparse.Namespace) -> int:
     from lightning_bninit.experiments.compare import run_compare
 
     counts = run_compare(exp, seeds, arms, args.out, parallel=args.parallel, runs_dir=args.runs_dir,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, launcher=args.launcher)
     print(f"compare: {counts['ok']} finished, {counts['failed']} failed, {counts['skipped']} already done "
           f"(of {counts['total']}); results in {args.out}", file=sys.stderr)
     metric = args.report_metric or exp.report.get("metric")
@@ -180,14 +192,20 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _end_of_compare_report(out: str, metric: str, options: dict[str, Any]) -> None:
+    """The report of ``report:`` (or ``--report-metric``), as ``bninit report`` makes it: with no ``treatment``, the
+    two-arm report when the file holds only the baseline and ``bninit``, else every arm against the baseline."""
+    from lightning_bninit.experiments.multiarm import default_treatment, format_multi_markdown, multi_arm_report
     from lightning_bninit.experiments.report import ReportError, format_markdown, load_results, paired_report
 
+    baseline = options.get("baseline", "standard")
+    kwargs = {"alternative": options.get("alternative", "greater"), "alpha": float(options.get("alpha", 0.05))}
     try:
-        report = paired_report(load_results(out), metric, options.get("baseline", "standard"),
-                               options.get("treatment", "bninit"),
-                               alternative=options.get("alternative", "greater"),
-                               alpha=float(options.get("alpha", 0.05)))
-        print(format_markdown(report))
+        results = load_results(out)
+        treatment = options.get("treatment") or default_treatment(results, baseline)
+        if treatment is None:
+            print(format_multi_markdown(multi_arm_report(results, metric, baseline, **kwargs)))
+        else:
+            print(format_markdown(paired_report(results, metric, baseline, treatment, **kwargs)))
     except ReportError as err:
         print(f"bninit: report not available: {err}", file=sys.stderr)
 

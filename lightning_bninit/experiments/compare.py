@@ -2,7 +2,8 @@
 
 The parent is the only writer of the results file (:class:`ResultsFile`); running the same command again skips the
 pairs that already have a finished line, and reruns failed ones. Trials run in worker threads that each wait on
-their child processes (:mod:`~lightning_bninit.experiments.trial`).
+their child processes (:mod:`~lightning_bninit.experiments.trial`), started by a launcher
+(:mod:`~lightning_bninit.experiments.launchers`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from lightning_bninit import _extras
+from lightning_bninit.experiments.launchers import ForkLauncher, Launcher, SubprocessLauncher, resolve_launcher
 from lightning_bninit.experiments.results_file import ResultsFile
 from lightning_bninit.experiments.spec import BUILTIN_ARMS, Experiment, ExperimentError, load_experiment
-from lightning_bninit.experiments.trial import ChildProcesses, plan_trial, run_trial
+from lightning_bninit.experiments.trial import plan_trial, run_trial, trial_env
 
 __all__ = ["BUILTIN_ARMS", "Experiment", "ExperimentError", "ResultsFile", "load_experiment", "run_compare"]
 
@@ -43,6 +45,7 @@ def run_compare(
     runs_dir: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    launcher: str | None = None,
 ) -> dict[str, int]:
     """Run every missing (seed, arm) pair and append its line to ``out``.
 
@@ -57,15 +60,19 @@ def run_compare(
         runs_dir: where run directories go (default: ``<out without suffix>_runs``).
         progress: show a progress bar with runs done / total and the time left.
         log: where to send one-line messages (default: stderr).
+        launcher: ``auto``, ``subprocess`` or ``fork`` (default: the experiment's ``launcher``).
 
     Returns:
         Counts: ``total``, ``skipped`` (already finished), ``ok``, ``failed``.
 
     Raises:
-        ExperimentError: unknown arm, bad ``parallel``, no seeds.
+        ExperimentError: unknown arm, bad ``parallel``, no seeds, unknown or unavailable launcher.
         KeyboardInterrupt: after stopping the running children; finished lines are kept.
     """
     _validate(exp, seeds, arms, parallel)
+    launcher = launcher or exp.launcher
+    if launcher not in ("auto", "subprocess", "fork"):
+        raise ExperimentError(f"launcher must be 'auto', 'subprocess' or 'fork', got {launcher!r}")
     rich_console = _extras.require("rich.console", "bninit compare")
     console = rich_console.Console(stderr=True)
     emit = log or (lambda msg: console.print(msg, markup=False, highlight=False, soft_wrap=True))
@@ -79,8 +86,15 @@ def run_compare(
         emit(f"{counts['skipped']} of {len(plan.pairs)} runs already finished in {out}; skipping them")
     if plan.todo:
         runs = Path(runs_dir) if runs_dir else out.with_name(out.stem + "_runs")
-        _execute(exp, plan.todo, runs, results, parallel, counts, console, progress)
+        _execute(exp, plan.todo, runs, results, _Options(parallel, launcher, progress), counts, console)
     return counts
+
+
+@dataclass
+class _Options:
+    parallel: int
+    launcher: str
+    progress: bool
 
 
 def _validate(exp: Experiment, seeds: list[int], arms: list[str], parallel: int) -> None:
@@ -111,7 +125,6 @@ def child_env(exp: Experiment, parallel: int, gpus: list[str]) -> dict[str, str]
     """The environment of the trials: the user's, the experiment's ``env``, this package on the path."""
     env = dict(os.environ)
     env.update(exp.env)
-    env.setdefault("WANDB_MODE", "offline")
     env.setdefault("PYTHONUNBUFFERED", "1")
     env["PYTHONPATH"] = os.pathsep.join(_package_pythonpath() + [p for p in [env.get("PYTHONPATH")] if p])
     if parallel > 1 and "OMP_NUM_THREADS" not in env and not gpus:
@@ -138,14 +151,26 @@ def gpu_ids() -> list[str]:
     return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
 
 
-def _execute(exp: Experiment, todo: list[Pair], runs_dir: Path, results: ResultsFile, parallel: int,
-             counts: dict[str, int], console: Any, progress: bool) -> None:
+def _start_launcher(exp: Experiment, choice: str, env: dict[str, str], gpus: list[str], parallel: int,
+                    runs_dir: Path) -> tuple[str, Launcher]:
+    try:
+        name = resolve_launcher(choice, gpus)
+    except ValueError as err:
+        raise ExperimentError(str(err)) from None
+    if name == "fork":
+        return name, ForkLauncher(exp.timeout_s, env, parallel, runs_dir / ".fork_workers", exp.preload,
+                                  exp.preload_defaults)
+    return name, SubprocessLauncher(exp.timeout_s)
+
+
+def _execute(exp: Experiment, todo: list[Pair], runs_dir: Path, results: ResultsFile, options: _Options,
+             counts: dict[str, int], console: Any) -> None:
     """Run the pairs on ``parallel`` worker slots; append each line as it finishes; stop children on Ctrl-C."""
     gpus = gpu_ids()
-    env = child_env(exp, parallel, gpus)
-    children = ChildProcesses(exp.timeout_s)
+    env = child_env(exp, options.parallel, gpus)
+    launcher, children = _start_launcher(exp, options.launcher, env, gpus, options.parallel, runs_dir)
     slots: queue.Queue[int] = queue.Queue()
-    for i in range(parallel):
+    for i in range(options.parallel):
         slots.put(i)
 
     def job(seed: int, arm: str) -> dict[str, Any] | None:
@@ -153,19 +178,28 @@ def _execute(exp: Experiment, todo: list[Pair], runs_dir: Path, results: Results
         try:
             if children.stopping.is_set():
                 return None
-            trial_env = dict(env)
+            env_of_trial = trial_env(exp, seed, arm, env)
             if len(gpus) > 1:  # several GPUs: each worker slot gets its own
-                trial_env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-            record = run_trial(exp, plan_trial(exp, seed, arm, runs_dir), children, trial_env)
+                env_of_trial["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+            record = run_trial(exp, plan_trial(exp, seed, arm, runs_dir), children, env_of_trial)
             if record is not None and not children.stopping.is_set():
+                record["config"]["launcher"] = launcher
                 results.append(record)
             return record
         finally:
             slots.put(slot)
 
-    pool = ThreadPoolExecutor(max_workers=parallel)
     try:
-        with _progress_bar(console, progress) as bar:
+        _run_jobs(job, todo, options, results, exp, counts, console, children)
+    finally:
+        children.close()
+
+
+def _run_jobs(job: Callable[[int, str], dict[str, Any] | None], todo: list[Pair], options: _Options,
+              results: ResultsFile, exp: Experiment, counts: dict[str, int], console: Any, children: Launcher) -> None:
+    pool = ThreadPoolExecutor(max_workers=options.parallel)
+    try:
+        with _progress_bar(console, options.progress) as bar:
             task = bar.add_task("compare", total=len(todo))
             futures: dict[Future, Pair] = {pool.submit(job, s, a): (s, a) for s, a in todo}
             pending = set(futures)

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
 __all__ = ["RunRecorder"]
 
@@ -49,20 +52,51 @@ class RunRecorder(Callback):
         test_path: where to write the test results instead of ``path``; for scripts that test in
             the same process right after fit (``bninit compare`` with ``test: in_fit``), so that
             the fit results are kept.
+        checkpoint_dir: the run's own checkpoint folder. Every ``ModelCheckpoint`` whose ``dirpath``
+            is not inside it writes there instead (the i-th of several to ``<checkpoint_dir>/<i>``):
+            runs in parallel must not share a folder where they overwrite, test or delete each
+            other's files. A ``dirpath`` set by the user is changed with a warning.
+
+    Raises:
+        Nothing of its own; writing the JSON file may raise ``OSError``.
 
     Example::
 
         python main.py fit --config base.yaml \\
             --trainer.callbacks+=lightning_bninit.recorder.RunRecorder \\
-            --trainer.callbacks.path=run/fit_result.json
+            --trainer.callbacks.path=run/fit_result.json \\
+            --trainer.callbacks.checkpoint_dir=run/checkpoints
     """
 
-    def __init__(self, path: str, save_last: bool = False, test_path: str | None = None) -> None:
+    def __init__(self, path: str, save_last: bool = False, test_path: str | None = None,
+                 checkpoint_dir: str | None = None) -> None:
         super().__init__()
         self.path = Path(path)
         self.save_last = save_last
         self.test_path = Path(test_path) if test_path else self.path
+        self.checkpoint_dir = Path(checkpoint_dir).resolve() if checkpoint_dir else None
 
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(path=str(self.path))
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Lightning runs the ModelCheckpoints' setup last, so they resolve the folder set here; on every rank alike.
+        if stage != "fit" or self.checkpoint_dir is None:
+            return
+        callbacks = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]  # type: ignore[attr-defined]
+        for i, cb in enumerate(callbacks):
+            target = self.checkpoint_dir / str(i) if len(callbacks) > 1 else self.checkpoint_dir
+            if cb.dirpath is not None and Path(cb.dirpath).resolve().is_relative_to(self.checkpoint_dir):
+                continue
+            if cb.dirpath is not None:
+                rank_zero_warn(f"RunRecorder: ModelCheckpoint dirpath {cb.dirpath} -> {target} (each run of bninit "
+                               "compare keeps its checkpoints in its own folder)")
+            cb.dirpath = str(target)
+
+    @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         last = None
         if self.save_last:
@@ -85,6 +119,7 @@ class RunRecorder(Callback):
             },
         )
 
+    @override
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
             return

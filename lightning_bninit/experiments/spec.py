@@ -9,13 +9,22 @@ The format (paths relative to the file)::
     seeds: 1-15                   # default for --seeds (optional)
     arms:                         # named sets of CLI overrides (optional; `standard` and `bninit` are built in)
       c10: [--bninit=true, --bninit.scale_lr_divisor=10]
-    default_arms: [standard, bninit]  # arms run without --arms
+    grid:                         # a sweep over BNInit's options: one arm per combination (see grid.py)
+      init_scale: [1.0, 0.3, 0.1]
+      scale_lr_divisor: [1, 100]
+    default_arms: [standard, bninit]  # arms run without --arms (default: these two, then the grid's arms)
     derive_seed: true             # seed_everything = MD5-derived seed, as the official code (default)
     checkpoint: best              # test the ModelCheckpoint best (default) or `last` (end of fit)
     test: separate                # `in_fit`: the script tests right after fit, in the same process
     keep_checkpoints: false       # delete a run's *.ckpt once it has been tested (default)
     timeout_s: null               # per phase (fit, test)
     env: {}                       # extra environment variables for the runs
+    name: null                    # the experiment's name (default: the file's stem); the runs' W&B group
+    launcher: auto                # `subprocess`: a fresh Python per phase; `fork`: forked from warm workers;
+                                  # auto: fork on Linux without GPUs, else subprocess (also --launcher)
+    preload: [sklearn.datasets]   # modules the fork workers import once, besides the defaults (torch, Lightning,
+                                  # this package's CLI and recorder, TensorBoard, matplotlib: those installed)
+    preload_defaults: true        # false: the fork workers import only `preload`
     report: {metric: test_acc}    # print `bninit report` at the end (optional; also --report-metric)
 """
 
@@ -28,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_bninit import _extras
+from lightning_bninit.experiments.grid import GridError, builtin_grid_values, expand_grid
 from lightning_bninit.experiments.seeding import parse_seeds
 
 #: Arms available without defining them in the experiment file.
@@ -37,8 +47,10 @@ BUILTIN_ARMS: dict[str, list[str]] = {
 }
 KNOWN_KEYS = frozenset({
     "script", "module", "config", "args", "metrics", "seeds", "arms", "derive_seed", "checkpoint",
-    "keep_checkpoints", "timeout_s", "env", "report", "default_arms", "test",
+    "keep_checkpoints", "timeout_s", "env", "report", "default_arms", "test", "grid", "name", "launcher", "preload",
+    "preload_defaults",
 })
+LAUNCHERS = ("auto", "subprocess", "fork")
 
 
 class ExperimentError(ValueError):
@@ -64,6 +76,14 @@ class Experiment:
     timeout_s: float | None = None
     env: dict[str, str] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    launcher: str = "auto"
+    preload: list[str] = field(default_factory=list)
+    preload_defaults: bool = True
+    #: grid values of the arms a report can place in the grid (grid arms, and the built-in arms left built in)
+    grid_values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: names of grid points that are built-in arms (``g1_c1`` is ``standard``)
+    grid_aliases: dict[str, str] = field(default_factory=dict)
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -83,7 +103,7 @@ def load_experiment(path: str | Path) -> Experiment:
     raw = _read(path)
     where = str(path)
     try:
-        return Experiment(
+        exp = Experiment(
             path=path,
             command=_command(raw, path.parent, where),
             configs=_configs(raw.get("config"), path.parent, where),
@@ -91,19 +111,46 @@ def load_experiment(path: str | Path) -> Experiment:
             arms=_arms(raw.get("arms"), where),
             metrics=_metrics(raw.get("metrics"), where),
             seeds=parse_seeds(raw["seeds"]) if raw.get("seeds") is not None else None,
-            default_arms=_default_arms(raw.get("default_arms")),
-            derive_seed=bool(raw.get("derive_seed", True)),
+            derive_seed=_flag(raw, "derive_seed", True, where),
             checkpoint=_choice(raw, "checkpoint", ("best", "last"), where),
-            keep_checkpoints=bool(raw.get("keep_checkpoints", False)),
+            keep_checkpoints=_flag(raw, "keep_checkpoints", False, where),
             test_in_fit=_choice(raw, "test", ("separate", "in_fit"), where) == "in_fit",
             timeout_s=_timeout(raw.get("timeout_s"), where),
             env={str(k): str(v) for k, v in _mapping(raw, "env", "a mapping of environment variables", where).items()},
             report=_mapping(raw, "report", "a mapping like {metric: test_acc}", where),
+            name=str(raw.get("name") or path.stem),
+            launcher=_choice(raw, "launcher", LAUNCHERS, where),
+            preload=_metrics(raw.get("preload"), where, "preload", "module names"),
+            preload_defaults=_flag(raw, "preload_defaults", True, where),
         )
+        _add_grid(exp, raw.get("grid"), raw.get("arms") or {}, where)
+        exp.default_arms = _default_arms(raw.get("default_arms"), exp)
     except ValueError as err:  # parse_seeds
         if isinstance(err, ExperimentError):
             raise
         raise ExperimentError(f"{where}: {err}") from None
+    return exp
+
+
+def _add_grid(exp: Experiment, raw_grid: Any, explicit: dict[str, Any], where: str) -> None:
+    """Add the grid's arms to ``exp.arms`` and the grid values of every arm that has them."""
+    builtins = [a for a in BUILTIN_ARMS if a not in explicit]
+    options: list[str] = []
+    if raw_grid is not None:
+        try:
+            grid = expand_grid(raw_grid, builtins)
+        except GridError as err:
+            raise ExperimentError(f"{where}: {err}") from None
+        clash = [name for name in grid.arms if name in exp.arms]
+        if clash:
+            raise ExperimentError(f"{where}: grid arm(s) {clash} have the name of an arm under 'arms'; rename the "
+                                  f"explicit arm(s) (grid arms are named by their values, e.g. g0.3_c100)")
+        exp.arms.update(grid.arms)
+        exp.grid_values.update(grid.values)
+        exp.grid_aliases = grid.aliases
+        options = list(raw_grid)  # validated by expand_grid
+    for arm in builtins:
+        exp.grid_values[arm] = builtin_grid_values(arm, options)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -161,21 +208,23 @@ def _arms(value: Any, where: str) -> dict[str, list[str]]:
     if not isinstance(value or {}, dict):
         raise ExperimentError(f"{where}: 'arms' must map arm names to lists of CLI overrides")
     for name, overrides in (value or {}).items():
-        if not isinstance(name, str) or not name or "," in name:
-            raise ExperimentError(f"{where}: invalid arm name {name!r} (non-empty, no commas)")
+        if not isinstance(name, str) or not name or name in (".", "..") or any(c in name for c in ",/\\ \t\n"):
+            raise ExperimentError(f"{where}: invalid arm name {name!r} (non-empty, no commas, slashes or spaces: "
+                                  "it is a folder name and an item of --arms)")
         arms[name] = _as_args(overrides, f"arm '{name}'")
     return arms
 
 
-def _metrics(value: Any, where: str) -> list[str]:
+def _metrics(value: Any, where: str, key: str = "metrics", what: str = "metric names") -> list[str]:
     metrics = [value] if isinstance(value, str) else (value or [])
     if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
-        raise ExperimentError(f"{where}: 'metrics' must be a list of metric names, got {metrics!r}")
+        raise ExperimentError(f"{where}: '{key}' must be a list of {what}, got {metrics!r}")
     return list(metrics)
 
 
-def _default_arms(value: Any) -> list[str]:
-    value = value or ["standard", "bninit"]
+def _default_arms(value: Any, exp: Experiment) -> list[str]:
+    if not value:  # the built-in arms, then the grid's
+        return ["standard", "bninit"] + [a for a in exp.arms if a in exp.grid_values and a not in BUILTIN_ARMS]
     return value.split(",") if isinstance(value, str) else list(value)
 
 
@@ -183,6 +232,13 @@ def _choice(raw: dict[str, Any], key: str, allowed: tuple[str, ...], where: str)
     value = raw.get(key, allowed[0])
     if value not in allowed:
         raise ExperimentError(f"{where}: '{key}' must be {' or '.join(repr(a) for a in allowed)}, got {value!r}")
+    return value
+
+
+def _flag(raw: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise ExperimentError(f"{where}: '{key}' must be true or false, got {value!r}")
     return value
 
 

@@ -2,23 +2,21 @@
 
 A trial is ``<script> fit`` then ``<script> test --ckpt_path=<checkpoint>`` (or, with ``test: in_fit``, one ``fit``
 process that tests right after), with the arm's overrides, ``--seed_everything`` and a
-:class:`~lightning_bninit.experiments.recorder.RunRecorder` that writes the outcome to JSON files in the run folder.
+:class:`~lightning_bninit.experiments.recorder.RunRecorder` that writes the outcome to JSON files in the run folder
+and keeps every checkpoint of the trial in its run folder. A launcher
+(:mod:`~lightning_bninit.experiments.launchers`) starts the processes.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shlex
 import shutil
-import signal
-import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightning_bninit.experiments.launchers import Launcher
 from lightning_bninit.experiments.seeding import derive_seed
 from lightning_bninit.experiments.spec import Experiment
 
@@ -56,6 +54,7 @@ def plan_trial(exp: Experiment, seed: int, arm: str, runs_dir: Path) -> TrialPla
         f"--trainer.callbacks+={RECORDER}",
         f"--trainer.callbacks.path={run_dir / 'fit_result.json'}",
         f"--trainer.callbacks.save_last={str(exp.checkpoint == 'last' and not exp.test_in_fit).lower()}",
+        f"--trainer.callbacks.checkpoint_dir={run_dir / 'checkpoints'}",
     ]
     if exp.test_in_fit:
         fit.append(f"--trainer.callbacks.test_path={run_dir / 'test_result.json'}")
@@ -67,56 +66,6 @@ def plan_trial(exp: Experiment, seed: int, arm: str, runs_dir: Path) -> TrialPla
     return TrialPlan(seed, arm, run_dir, seed_value, fit, test)
 
 
-class ChildProcesses:
-    """Starts child processes in their own sessions and can stop all that are still running (on Ctrl-C)."""
-
-    def __init__(self, timeout_s: float | None) -> None:
-        self.timeout_s = timeout_s
-        self.stopping = threading.Event()
-        self._procs: set[subprocess.Popen] = set()
-        self._lock = threading.Lock()
-
-    def run(self, cmd: list[str], log: Path, env: dict[str, str]) -> tuple[int | None, str]:
-        """Run ``cmd`` with its output in ``log``; returns ``(exit code, why)`` (``None`` when stopped or timed out)."""
-        if self.stopping.is_set():
-            return None, "interrupted"
-        (log.parent / (log.stem + ".cmd")).write_text(shlex.join(cmd) + "\n")  # to rerun by hand
-        with open(log, "wb") as fh:
-            # A new session: Ctrl-C reaches only the parent, which then stops the children itself.
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-            with self._lock:
-                self._procs.add(proc)
-            try:
-                return proc.wait(timeout=self.timeout_s), ""
-            except subprocess.TimeoutExpired:
-                self.kill(proc)
-                return None, f"timed out after {self.timeout_s:g} s"
-            finally:
-                with self._lock:
-                    self._procs.discard(proc)
-
-    @staticmethod
-    def kill(proc: subprocess.Popen) -> None:
-        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-            if proc.poll() is not None:
-                return
-            try:
-                os.killpg(proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                return
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                continue
-
-    def stop_all(self) -> None:
-        self.stopping.set()
-        with self._lock:
-            procs = list(self._procs)
-        for proc in procs:
-            self.kill(proc)
-
-
 def tail(path: Path, max_chars: int = 2000) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -125,7 +74,17 @@ def tail(path: Path, max_chars: int = 2000) -> str:
     return text[-max_chars:].strip()
 
 
-def run_trial(exp: Experiment, plan: TrialPlan, children: ChildProcesses, env: dict[str, str]) -> dict[str, Any] | None:
+def trial_env(exp: Experiment, seed: int, arm: str, env: dict[str, str]) -> dict[str, str]:
+    """``env`` plus W&B's grouping of the run, each variable only where the user has not set it: group = the
+    experiment's name, job type = the arm, run name = arm and seed, tags. ``WANDB_MODE`` is left as it is."""
+    out = dict(env)
+    for key, value in (("WANDB_RUN_GROUP", exp.name), ("WANDB_JOB_TYPE", arm), ("WANDB_NAME", f"{arm}-seed{seed}"),
+                       ("WANDB_TAGS", f"bninit-compare,{arm}")):
+        out.setdefault(key, value)
+    return out
+
+
+def run_trial(exp: Experiment, plan: TrialPlan, children: Launcher, env: dict[str, str]) -> dict[str, Any] | None:
     """Run one trial and return its results line: metrics, or ``error`` (``None`` when interrupted)."""
     start = time.monotonic()
     if plan.run_dir.exists():  # leftovers of a failed or interrupted attempt
@@ -158,12 +117,14 @@ def _config(exp: Experiment, plan: TrialPlan, env: dict[str, str]) -> dict[str, 
         "checkpoint": exp.checkpoint,
         "run_dir": str(plan.run_dir),
     }
+    if plan.arm in exp.grid_values:  # where a report places the arm in a sweep
+        config["grid"] = exp.grid_values[plan.arm]
     if "CUDA_VISIBLE_DEVICES" in env:
         config["cuda_visible_devices"] = env["CUDA_VISIBLE_DEVICES"]
     return config
 
 
-def _fit(plan: TrialPlan, children: ChildProcesses, env: dict[str, str], config: dict[str, Any]) -> dict[str, Any]:
+def _fit(plan: TrialPlan, children: Launcher, env: dict[str, str], config: dict[str, Any]) -> dict[str, Any]:
     log = plan.run_dir / "fit.log"
     rc, why = children.run(plan.fit, log, env)
     path = plan.run_dir / "fit_result.json"
@@ -184,20 +145,22 @@ def _fit(plan: TrialPlan, children: ChildProcesses, env: dict[str, str], config:
     return fit_result
 
 
-def _test(exp: Experiment, plan: TrialPlan, children: ChildProcesses, env: dict[str, str], config: dict[str, Any],
+def _test(exp: Experiment, plan: TrialPlan, children: Launcher, env: dict[str, str], config: dict[str, Any],
           fit_result: dict[str, Any]) -> None:
     ckpt = fit_result.get("last_model_path") if exp.checkpoint == "last" else fit_result.get("best_model_path")
     ckpt = ckpt or fit_result.get("last_model_path")
     if not ckpt:
         raise TrialFailed("fit saved no checkpoint to test: enable a ModelCheckpoint in the trainer config "
                           "or set `checkpoint: last` in the experiment file")
+    if not Path(ckpt).resolve().is_relative_to(plan.run_dir):
+        raise TrialFailed(f"the checkpoint to test, {ckpt}, is outside the trial's folder {plan.run_dir}, where "
+                          "another trial could have written it; bninit compare keeps every ModelCheckpoint's files "
+                          "in the trial's folder, so this one came from elsewhere")
     config["ckpt_path"] = ckpt
     log = plan.run_dir / "test.log"
     rc, why = children.run(plan.test + [f"--ckpt_path={ckpt}"], log, env)
     if rc != 0:
         raise TrialFailed(f"test failed ({why or f'exit code {rc}'}); log {log}:\n{tail(log)}")
-    if not exp.keep_checkpoints and not Path(ckpt).is_relative_to(plan.run_dir):
-        Path(ckpt).unlink(missing_ok=True)
 
 
 def _record(exp: Experiment, plan: TrialPlan, config: dict[str, Any]) -> dict[str, Any]:
@@ -212,7 +175,7 @@ def _record(exp: Experiment, plan: TrialPlan, config: dict[str, Any]) -> dict[st
     missing = [m for m in exp.metrics if m not in metrics]
     if missing:
         raise TrialFailed(f"test did not log {missing}; it logged {sorted(metrics)}")
-    if not exp.keep_checkpoints:
+    if not exp.keep_checkpoints:  # only the trial's own files: nothing outside its run folder
         for ckpt in plan.run_dir.rglob("*.ckpt"):
             ckpt.unlink(missing_ok=True)
     record: dict[str, Any] = {"seed": plan.seed, "arm": plan.arm}
