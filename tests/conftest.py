@@ -14,3 +14,5 @@ os.environ.setdefault("WANDB_SILENT", "true")
 @pytest.fixture(autouse=True)
 def _quiet_lightning(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PL_DISABLE_FORK", "1")
+    # WandbLogger(offline=True) sets WANDB_MODE=dryrun for the process; give every test offline mode afresh.
+    monkeypatch.setenv("WANDB_MODE", "offline")
