@@ -69,3 +69,8 @@ if __name__ == "__main__":
     torch.save({"attach": params(treated), "groups": params(reference), "after": params(after),
                 "warnings": n_warnings, "input_norm": hasattr(treated, "bninit_input_norm")},
                out / f"rank{fabric.global_rank}.pt")
+    # Tear the gloo group down before the interpreter exits: left to the interpreter's shutdown, its threads can
+    # abort the process ("terminate called without an active exception") after the results are written.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
