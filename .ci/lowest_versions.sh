@@ -12,7 +12,7 @@ PY
 )
 venv=$(mktemp -d)/venv
 python -m venv "$venv"
-"$venv/bin/pip" install -q "torch==$TORCH" "lightning==$LIGHTNING" "typing-extensions>=4.4" pytest pyyaml numpy
+"$venv/bin/pip" install -q "torch==$TORCH" "lightning==$LIGHTNING" "typing-extensions>=4.4" pytest pyyaml numpy matplotlib
 "$venv/bin/python" -c "import torch, lightning; print('lowest versions: torch', torch.__version__, 'lightning', lightning.__version__)"
 PYTHONPATH=$PWD "$venv/bin/python" -m pytest -q -m "not slow" -p no:cacheprovider \
     tests/test_update_equivalence.py tests/test_update_in_lightning.py tests/test_callback.py \
