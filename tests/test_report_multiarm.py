@@ -243,3 +243,30 @@ def test_multi_arm_report_imports_neither_torch_nor_lightning(tmp_path: Path) ->
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
                           env=script_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_arms_option_reports_one_question_of_a_shared_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = arms_file(tmp_path)  # standard, good, marginal, bad
+    assert main(["report", str(path), "--metric", "test_acc", "--arms", "standard,marginal,bad", "--json",
+                 "--resamples", "200"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert {c["treatment"] for c in rep["comparisons"]} == {"marginal", "bad"}
+    assert rep["family_size"] == 2  # Holm over the named arms only
+    alone = multi_arm_report(load_results(path).only(["standard", "marginal", "bad"]), "test_acc", n_resamples=200)
+    assert [c["p_value_holm"] for c in rep["comparisons"]] == [c.p_value_holm for c in alone.comparisons]
+    # with --treatment too: the two-arm report of that pair, the other arms left out
+    assert main(["report", str(path), "--metric", "test_acc", "--arms", "standard,good", "--treatment", "good",
+                 "--json", "--resamples", "200"]) == 0
+    two = json.loads(capsys.readouterr().out)
+    assert two["treatment"] == "good" and two["n_pairs"] == len(BASE) and set(two["arms"]) == {"standard", "good"}
+
+
+@pytest.mark.parametrize(("arms", "message"), [
+    ("standard,nope", "arm(s) ['nope'] have no line"),
+    ("good,bad", "leaves out the baseline 'standard'"),
+    ("standard,,good", "empty arm name"),
+])
+def test_arms_option_bad_values(tmp_path: Path, capsys: pytest.CaptureFixture, arms: str, message: str) -> None:
+    path = arms_file(tmp_path)
+    assert main(["report", str(path), "--metric", "test_acc", "--arms", arms]) == 2
+    assert message in capsys.readouterr().err

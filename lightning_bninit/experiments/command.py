@@ -56,6 +56,9 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--treatment", default=None,
                      help="compare only this arm with the baseline (two-arm report); default: bninit if the file "
                           "has no other arm, else every arm with Holm's correction")
+    rep.add_argument("--arms", metavar="A,B,...",
+                     help="report only these arms of the file (the baseline among them), e.g. one question of a file "
+                          "that several `bninit compare --arms` calls wrote; default: every arm")
     rep.add_argument("--alternative", choices=["greater", "less", "two-sided"], default="greater",
                      help="H1 for treatment vs baseline: greater (default, higher is better), less (e.g. a loss)")
     rep.add_argument("--alpha", type=float, default=0.05,
@@ -85,6 +88,8 @@ def _report(args: argparse.Namespace) -> int:
     if args.resamples < 100:
         raise _UsageError(f"--resamples must be >= 100, got {args.resamples}")
     results = load_results(args.results, skip_bad_lines=args.skip_bad_lines)
+    if args.arms is not None:
+        results = _only_arms(results, args.arms, args.baseline)
     treatment = args.treatment if args.treatment is not None else default_treatment(results, args.baseline)
     if treatment is None:
         return _multi_arm_report(args, results)
@@ -94,6 +99,18 @@ def _report(args: argparse.Namespace) -> int:
         plot_differences(report, args.plot)
     _print_report(args, report.to_dict(), format_markdown(report), None)
     return 0
+
+
+def _only_arms(results: Any, arms_text: str, baseline: str) -> Any:
+    arms = [a.strip() for a in arms_text.split(",")]
+    if any(not a for a in arms):
+        raise _UsageError(f"--arms: empty arm name in {arms_text!r}")
+    if baseline not in arms:
+        raise _UsageError(f"--arms {arms_text!r} leaves out the baseline '{baseline}'; add it, or pass --baseline")
+    try:
+        return results.only(arms)
+    except ValueError as err:
+        raise _UsageError(f"--arms: {err}") from None
 
 
 def _multi_arm_report(args: argparse.Namespace, results: Any) -> int:

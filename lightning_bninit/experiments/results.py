@@ -57,6 +57,20 @@ class Results:
         """Arm names of every usable line, finished or failed, in order of first appearance."""
         return list(dict.fromkeys(r.arm for r in sorted(self.runs + self.failed, key=lambda r: r.line)))
 
+    def only(self, arms: list[str]) -> Results:
+        """The same file restricted to ``arms`` (finished and failed lines alike), e.g. one question of a file that
+        several ``bninit compare --arms ...`` calls wrote.
+
+        Raises:
+            ValueError: an arm that has no line in the file (the message names it and the file's arms).
+        """
+        unknown = [arm for arm in arms if arm not in self.all_arms]
+        if unknown:
+            raise ValueError(f"arm(s) {unknown} have no line in {self.path}; its arms: {', '.join(self.all_arms)}")
+        keep = set(arms)
+        return Results(path=self.path, runs=[r for r in self.runs if r.arm in keep],
+                       failed=[r for r in self.failed if r.arm in keep], bad_lines=list(self.bad_lines))
+
 
 def _parse_line(lineno: int, raw: bytes, last: bool) -> RunRecord:
     truncated = last and not raw.endswith(b"\n")
