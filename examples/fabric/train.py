@@ -4,6 +4,10 @@
     python examples/fabric/train.py --init-scale 1 --c 1             # the standard arm
     python examples/fabric/train.py --devices 2 --strategy ddp       # two CPU processes
 
+The default budget, 40 epochs, is the one the digits quickstart's pre-set rule chose (both arms' training loss has
+flattened; ``examples/digits/choose_budget.py``, ``docs/results/digits_budget/``): at 20 epochs the ``bninit`` arm
+was still learning. With ``--devices 2`` each process sees half of each epoch, so a run makes half the steps.
+
 Same network, data and optimizer as ``examples/digits`` (SGD with momentum, weight decay, a per-step cosine
 schedule); the optimizer is built on ``model.parameters()`` as usual, and ``attach`` applies the method to it. Every
 ``--log-every`` steps the BN statistics (``bn/<layer>/<stat>``, ``bn/all/<stat>``) and the loss go to Fabric's
@@ -29,9 +33,15 @@ from lightning.fabric.loggers import CSVLogger  # noqa: E402
 from lightning_bninit import attach, bn_statistics, capture_xhat  # noqa: E402
 
 
+DEFAULT_EPOCHS = 40  # examples/digits/base.yaml's max_epochs, chosen by examples/digits/choose_budget.py
+# What the digits quickstart measured at 40 epochs (5 paired seeds, docs/results/digits_e40_report.md)
+QUICKSTART = {"standard": 0.9887, "bninit": 0.9820}
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                        help=f"default {DEFAULT_EPOCHS}: the budget the digits quickstart's rule chose")
     parser.add_argument("--init-scale", type=float, default=0.1)
     parser.add_argument("--c", type=float, default=100.0, help="scale_lr_divisor")
     parser.add_argument("--log-every", type=int, default=50, help="steps between BN statistics (0: never)")
@@ -73,9 +83,24 @@ def main(argv: list[str] | None = None) -> float:
                 fabric.log_dict({"train_loss": loss.item(), **stats}, step=step)
             step += 1
     accuracy = evaluate(fabric, model, test)
-    fabric.print(f"test accuracy {accuracy:.4f} after {step} steps")
+    fabric.print(explain(accuracy, step, args))
     fabric.logger.finalize("success")
     return accuracy
+
+
+def explain(accuracy: float, steps: int, args: argparse.Namespace) -> str:
+    """The test accuracy, and what it can be compared with."""
+    arm = {(0.1, 100.0): "bninit", (1.0, 1.0): "standard"}.get((args.init_scale, args.c))
+    text = (f"test accuracy {accuracy:.4f} after {steps} steps ({args.epochs} epochs, {args.devices} process(es), "
+            f"gamma0 {args.init_scale:g}, c {args.c:g}, seed {args.seed})")
+    if arm is not None and args.epochs == DEFAULT_EPOCHS and args.devices == 1:
+        text += (f"\nthe digits quickstart measured {QUICKSTART[arm]:.4f} for the {arm} arm at this budget (mean of 5 "
+                 "seeds; one seed can differ by about 0.01): `bninit compare --config examples/digits/compare.yaml` "
+                 "tells whether the method helps here")
+    elif args.devices > 1:
+        text += ("\nwith several processes each makes fewer steps at the same lr and batch size per process, so "
+                 "the accuracy is not comparable with the one-process quickstart numbers")
+    return text
 
 
 @torch.no_grad()
