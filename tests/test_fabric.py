@@ -155,3 +155,16 @@ def test_fabric_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
         assert float(row["bn/all/xhat_absmax"]) == pytest.approx(max(peaks), rel=1e-6)
     assert float(rows[0]["bn/features.0.1/scale_mean"]) == pytest.approx(0.1, abs=1e-3)  # attach set gamma 0.1
     assert re.search(r"test accuracy [01]\.\d+ after 18 steps", capsys.readouterr().out)
+
+
+def test_fabric_example_default_budget_and_what_it_prints() -> None:
+    spec = importlib.util.spec_from_file_location("fabric_train", ROOT / "examples" / "fabric" / "train.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    base = (ROOT / "examples" / "digits" / "base.yaml").read_text()
+    assert f"max_epochs: {example.DEFAULT_EPOCHS}" in base  # the quickstart's chosen budget, not a second number
+    args = example.parse([])
+    assert args.epochs == example.DEFAULT_EPOCHS
+    assert "measured 0.9820 for the bninit arm" in example.explain(0.98, 720, args)
+    assert "0.9887 for the standard arm" in example.explain(0.98, 720, example.parse(["--init-scale", "1", "--c", "1"]))
+    assert "not comparable" in example.explain(0.5, 360, example.parse(["--devices", "2"]))
