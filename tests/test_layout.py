@@ -127,43 +127,27 @@ def test_python_dash_m_runs_the_command() -> None:
     assert proc.returncode == 0 and "compare" in proc.stdout and "report" in proc.stdout
 
 
-def test_public_api_and_old_import_paths() -> None:
+def test_public_api() -> None:
     import lightning_bninit
     from lightning_bninit import BNInit, BNMonitor, bn_param_groups, init_bn_
-    from lightning_bninit.callback import BNInit as OldBNInit
     from lightning_bninit.callbacks import BNInit as NewBNInit
     from lightning_bninit.cli import BNInitCLI
-    from lightning_bninit.experiments.recorder import RunRecorder
-    from lightning_bninit.monitor import BNMonitor as OldBNMonitor
-    from lightning_bninit.recorder import RunRecorder as OldRunRecorder
 
-    assert BNInit is OldBNInit is NewBNInit and BNMonitor is OldBNMonitor and RunRecorder is OldRunRecorder
+    assert BNInit is NewBNInit and BNMonitor.__module__ == "lightning_bninit.callbacks.bn_monitor"
     assert callable(bn_param_groups) and callable(init_bn_) and BNInitCLI.__name__ == "BNInitCLI"
     assert set(lightning_bninit.__all__) >= {"BNInit", "BNMonitor", "bn_param_groups", "init_bn_"}
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         lightning_bninit.nope  # noqa: B018
 
 
-def test_saved_config_with_0_1_class_paths_still_loads(tmp_path: Path) -> None:
-    """A LightningCLI config saved by 0.1 names the callbacks by their 0.1 modules; it must still replay."""
-    from support.launch import run_script
+@pytest.mark.parametrize("old", ["lightning_bninit.callback", "lightning_bninit.monitor", "lightning_bninit.recorder"])
+def test_0_1_alias_modules_are_gone(old: str) -> None:
+    """Removed in 0.3 (CHANGELOG.md): saved configs name lightning_bninit.BNInit, .BNMonitor and
+    lightning_bninit.experiments.recorder.RunRecorder instead."""
+    import importlib
 
-    config = tmp_path / "old.yaml"
-    config.write_text(
-        "trainer:\n  accelerator: cpu\n  max_steps: 2\n  logger: false\n  enable_checkpointing: false\n"
-        "  enable_progress_bar: false\n  callbacks:\n"
-        "  - class_path: lightning_bninit.callback.BNInit\n    init_args:\n      init_scale: 0.3\n"
-        "      monitor:\n        class_path: lightning_bninit.monitor.BNMonitor\n"
-        "        init_args: {log_every_n_steps: 1}\n"
-        "  - class_path: lightning_bninit.recorder.RunRecorder\n"
-        f"    init_args: {{path: {tmp_path / 'fit_result.json'}}}\n"
-    )
-    out = tmp_path / "out.json"
-    run_script("cli_app.py", "fit", "--config", str(config), cwd=tmp_path, timeout=120,
-               env=script_env(BNINIT_TEST_OUT=str(out), OMP_NUM_THREADS="1"))
-    assert (tmp_path / "fit_result.json").is_file()
-    info = json.loads(out.read_text())
-    assert info["bninit"][0]["init_scale"] == 0.3 and info["gamma_at_start"] == [0.3]
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(old)
 
 
 MISSING = "import sys\nsys.modules[{name!r}] = None  # as if not installed\n"

@@ -1,9 +1,8 @@
 """The ``--plot`` of the multi-arm report: the metric against γ₀ (log axis), one line per c, the baseline as a band.
 
 An arm's settings are read from ``config["grid"]`` of its results lines (``{"init_scale": γ₀, "scale_lr_divisor":
-c, ...}``, written by ``bninit compare``). For older files without it, the last ``--bninit.init_scale`` and
-``--bninit.scale_lr_divisor`` of ``config["args"]`` then ``config["overrides"]`` (the order of the command line) are
-used when both are there; otherwise the arm is left out of the plot with a note.
+c, ...}``, written by ``bninit compare`` for grid arms and the built-in ``standard`` and ``bninit``); an arm without
+it is left out of the plot with a note.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from lightning_bninit.experiments.stats import t_interval
 __all__ = ["arm_grid", "grid_figure", "plot_grid", "run_grid"]
 
 GRID_KEYS = ("init_scale", "scale_lr_divisor")
-_OFF = {"false", "null", "none"}
 
 
 def arm_grid(results: Results, arm: str) -> tuple[dict[str, Any] | None, str]:
@@ -35,8 +33,7 @@ def arm_grid(results: Results, arm: str) -> tuple[dict[str, Any] | None, str]:
             return None, (f"config.grid of line {run.line} is {run.config['grid']!r}, not a mapping with "
                           "init_scale and scale_lr_divisor > 0")
         if grid is None:
-            return None, (f"line {run.line} has no config.grid and no --bninit.init_scale/--bninit.scale_lr_divisor "
-                          "in its config.args/overrides")
+            return None, f"line {run.line} has no config.grid"
         grids.append(grid)
     if not grids:
         return None, "no finished runs"
@@ -46,46 +43,17 @@ def arm_grid(results: Results, arm: str) -> tuple[dict[str, Any] | None, str]:
 
 
 def run_grid(config: dict[str, Any]) -> dict[str, Any] | None:
-    """One run's grid settings: ``config["grid"]``, else parsed from its command-line options; ``None`` if neither."""
+    """One run's grid settings from ``config["grid"]``; ``None`` if it has none or it is not valid."""
     grid = config.get("grid")
     if isinstance(grid, dict):
         values = {k: grid.get(k) for k in GRID_KEYS}
         if all(_positive(v) for v in values.values()):
             return {**grid, **{k: float(v) for k, v in values.items()}}
-        return None
-    return _from_options([*_strings(config.get("args")), *_strings(config.get("overrides"))])
+    return None
 
 
 def _positive(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
-def _strings(value: Any) -> list[str]:
-    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
-
-
-def _from_options(tokens: list[str]) -> dict[str, Any] | None:
-    """The last value of each grid option on a command line (``--opt=v`` or ``--opt v``); ``--bninit=false``
-    (or ``null``) forgets the values before it, as the callback it turns off would."""
-    found: dict[str, float] = {}
-    for i, token in enumerate(tokens):
-        if token.startswith("--bninit=") and token.split("=", 1)[1].strip().lower() in _OFF:
-            found.clear()
-        for key in GRID_KEYS:
-            flag = f"--bninit.{key}"
-            if token.startswith(flag + "="):
-                raw = token[len(flag) + 1:]
-            elif token == flag and i + 1 < len(tokens):
-                raw = tokens[i + 1]
-            else:
-                continue
-            try:
-                found[key] = float(raw)
-            except ValueError:
-                return None
-    if not all(_positive(found.get(k)) for k in GRID_KEYS):
-        return None
-    return found
 
 
 def plot_grid(report: MultiArmReport, results: Results, path: str | Path) -> tuple[Path, list[str]]:

@@ -75,29 +75,11 @@ class PairedReport:
     n_pairs_dropped_diverged: int = 0
     notes: list[str] = field(default_factory=list)
 
-    # Before 0.2.1 the only interval was the bootstrap one, under these names; kept as aliases until 0.3.
-    @property
-    def ci95_low(self) -> float:
-        """Deprecated alias of ``bootstrap_ci95_low``."""
-        return self.bootstrap_ci95_low
-
-    @property
-    def ci95_high(self) -> float:
-        """Deprecated alias of ``bootstrap_ci95_high``."""
-        return self.bootstrap_ci95_high
-
-    @property
-    def ci_method(self) -> str:
-        """Deprecated alias of ``bootstrap_method``."""
-        return self.bootstrap_method
-
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dictionary of every field (non-finite floats become ``None``), plus the old names
-        ``ci95_low``, ``ci95_high``, ``ci_method`` of the bootstrap interval and ``n_diverged_runs`` per arm."""
+        """JSON-serialisable dictionary of every field (non-finite floats become ``None``), plus ``n_diverged_runs``
+        per arm."""
         out = clean_json(asdict(self))
-        out.update(ci95_low=out["bootstrap_ci95_low"], ci95_high=out["bootstrap_ci95_high"],
-                   ci_method=self.bootstrap_method,
-                   n_diverged_runs={arm: len(seeds) for arm, seeds in self.diverged_runs.items()})
+        out.update(n_diverged_runs={arm: len(seeds) for arm, seeds in self.diverged_runs.items()})
         return out
 
 
