@@ -73,31 +73,30 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from importlib import metadata
+    from lightning_bninit import __version__  # the package root is lazy: this imports neither torch nor Lightning
 
-    try:
-        return metadata.version("lightning-bninit")
-    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree that is not installed
-        return "unknown"
+    return __version__
 
 
 def _report(args: argparse.Namespace) -> int:
-    from lightning_bninit.experiments.multiarm import default_treatment
-    from lightning_bninit.experiments.report import format_markdown, load_results, paired_report, plot_differences
+    from lightning_bninit.experiments.multiarm import MultiArmReport, format_report, report_of
+    from lightning_bninit.experiments.report import load_results, plot_differences
 
     if args.resamples < 100:
         raise _UsageError(f"--resamples must be >= 100, got {args.resamples}")
     results = load_results(args.results, skip_bad_lines=args.skip_bad_lines)
     if args.arms is not None:
         results = _only_arms(results, args.arms, args.baseline)
-    treatment = args.treatment if args.treatment is not None else default_treatment(results, args.baseline)
-    if treatment is None:
-        return _multi_arm_report(args, results)
-    report = paired_report(results, args.metric, args.baseline, treatment, alternative=args.alternative,
-                           alpha=args.alpha, n_resamples=args.resamples)
-    if args.plot:
+    report = report_of(results, args.metric, args.baseline, args.treatment, alternative=args.alternative,
+                       alpha=args.alpha, n_resamples=args.resamples)
+    plot_notes: list[str] | None = None
+    if args.plot and isinstance(report, MultiArmReport):
+        from lightning_bninit.experiments.grid_plot import plot_grid
+
+        _, plot_notes = plot_grid(report, results, args.plot)
+    elif args.plot:
         plot_differences(report, args.plot)
-    _print_report(args, report.to_dict(), format_markdown(report), None)
+    _print_report(args, report.to_dict(), format_report(report), plot_notes)
     return 0
 
 
@@ -111,20 +110,6 @@ def _only_arms(results: Any, arms_text: str, baseline: str) -> Any:
         return results.only(arms)
     except ValueError as err:
         raise _UsageError(f"--arms: {err}") from None
-
-
-def _multi_arm_report(args: argparse.Namespace, results: Any) -> int:
-    from lightning_bninit.experiments.multiarm import format_multi_markdown, multi_arm_report
-
-    report = multi_arm_report(results, args.metric, args.baseline, alternative=args.alternative, alpha=args.alpha,
-                              n_resamples=args.resamples)
-    plot_notes: list[str] = []
-    if args.plot:
-        from lightning_bninit.experiments.grid_plot import plot_grid
-
-        _, plot_notes = plot_grid(report, results, args.plot)
-    _print_report(args, report.to_dict(), format_multi_markdown(report), plot_notes)
-    return 0
 
 
 def _print_report(args: argparse.Namespace, payload: dict[str, Any], markdown: str,
@@ -167,9 +152,7 @@ def _dry_run(args: argparse.Namespace, exp: Any, seeds: list[int], arms: list[st
     from lightning_bninit.experiments.results_file import ResultsFile
     from lightning_bninit.experiments.trial import plan_trial
 
-    unknown = [a for a in arms if a not in exp.arms]
-    if unknown:
-        raise _UsageError(f"unknown arm(s) {unknown}; defined arms: {', '.join(exp.arms)}")
+    exp.check_arms(arms)
     out = Path(args.out)
     runs_dir = Path(args.runs_dir) if args.runs_dir else out.with_name(out.stem + "_runs")
     done = ResultsFile(out).finished()
@@ -209,20 +192,15 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _end_of_compare_report(out: str, metric: str, options: dict[str, Any]) -> None:
-    """The report of ``report:`` (or ``--report-metric``), as ``bninit report`` makes it: with no ``treatment``, the
-    two-arm report when the file holds only the baseline and ``bninit``, else every arm against the baseline."""
-    from lightning_bninit.experiments.multiarm import default_treatment, format_multi_markdown, multi_arm_report
-    from lightning_bninit.experiments.report import ReportError, format_markdown, load_results, paired_report
+    """The report of ``report:`` (or ``--report-metric``), as ``bninit report`` makes it."""
+    from lightning_bninit.experiments.multiarm import format_report, report_of
+    from lightning_bninit.experiments.report import ReportError, load_results
 
-    baseline = options.get("baseline", "standard")
-    kwargs = {"alternative": options.get("alternative", "greater"), "alpha": float(options.get("alpha", 0.05))}
     try:
-        results = load_results(out)
-        treatment = options.get("treatment") or default_treatment(results, baseline)
-        if treatment is None:
-            print(format_multi_markdown(multi_arm_report(results, metric, baseline, **kwargs)))
-        else:
-            print(format_markdown(paired_report(results, metric, baseline, treatment, **kwargs)))
+        report = report_of(load_results(out), metric, options.get("baseline", "standard"), options.get("treatment"),
+                           alternative=options.get("alternative", "greater"),
+                           alpha=float(options.get("alpha", 0.05)))
+        print(format_report(report))
     except ReportError as err:
         print(f"bninit: report not available: {err}", file=sys.stderr)
 

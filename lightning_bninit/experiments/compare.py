@@ -98,9 +98,7 @@ class _Options:
 
 
 def _validate(exp: Experiment, seeds: list[int], arms: list[str], parallel: int) -> None:
-    unknown = [a for a in arms if a not in exp.arms]
-    if unknown:
-        raise ExperimentError(f"unknown arm(s) {unknown}; defined arms: {', '.join(exp.arms)}")
+    exp.check_arms(arms)
     if not arms:
         raise ExperimentError("no arms given; e.g. --arms standard,bninit")
     if not seeds:

@@ -12,11 +12,12 @@ from typing import Any
 
 from lightning_bninit.experiments.report import (RELATION, NotComparable, PairedReport, ReportError, Results,
                                                  arm_summary, arm_table, arm_values, check_options, clean_json,
-                                                 compare_two_arms, file_notes, fmt, fmt_interval, interval_label,
-                                                 note_lines)
+                                                 compare_two_arms, file_notes, fmt, fmt_interval, format_markdown,
+                                                 interval_label, note_lines, paired_report)
 from lightning_bninit.experiments.stats import holm_adjust
 
-__all__ = ["ArmComparison", "MultiArmReport", "default_treatment", "format_multi_markdown", "multi_arm_report"]
+__all__ = ["ArmComparison", "MultiArmReport", "default_treatment", "format_multi_markdown", "format_report",
+           "multi_arm_report", "report_of"]
 
 
 @dataclass
@@ -88,6 +89,28 @@ def default_treatment(results: Results, baseline: str) -> str | None:
     """
     others = {arm for arm in results.all_arms if arm != baseline}
     return "bninit" if others <= {"bninit"} else None
+
+
+def report_of(results: Results, metric: str, baseline: str = "standard", treatment: str | None = None, *,
+              alternative: str = "greater", alpha: float = 0.05,
+              n_resamples: int = 10_000) -> PairedReport | MultiArmReport:
+    """The report ``bninit report`` (and the end of ``bninit compare``) makes of ``results``.
+
+    With ``treatment``, that arm against ``baseline`` (:func:`paired_report`); without it, the same two-arm report
+    when the file holds only the baseline and ``bninit`` (:func:`default_treatment`), else every arm against the
+    baseline with Holm's correction (:func:`multi_arm_report`).
+    """
+    treatment = treatment or default_treatment(results, baseline)
+    if treatment is None:
+        return multi_arm_report(results, metric, baseline, alternative=alternative, alpha=alpha,
+                                n_resamples=n_resamples)
+    return paired_report(results, metric, baseline, treatment, alternative=alternative, alpha=alpha,
+                         n_resamples=n_resamples)
+
+
+def format_report(report: PairedReport | MultiArmReport) -> str:
+    """Markdown of either kind of report."""
+    return format_multi_markdown(report) if isinstance(report, MultiArmReport) else format_markdown(report)
 
 
 def multi_arm_report(results: Results, metric: str, baseline: str = "standard", *, alternative: str = "greater",

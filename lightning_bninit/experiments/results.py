@@ -15,6 +15,8 @@ class ReportError(ValueError):
 
 
 #: Keys of a results line that are not metrics.
+#: Keys of a results line that are not metrics (``bninit compare`` stores a metric of such a name as
+#: ``metric_<name>``).
 RESERVED_KEYS = frozenset({"seed", "arm", "config", "duration_s", "error", "derived_seed", "status"})
 
 

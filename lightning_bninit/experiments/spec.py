@@ -85,6 +85,12 @@ class Experiment:
     #: names of grid points that are built-in arms (``g1_c1`` is ``standard``)
     grid_aliases: dict[str, str] = field(default_factory=dict)
 
+    def check_arms(self, arms: list[str]) -> None:
+        """Raise :class:`ExperimentError` naming the arms of ``arms`` that this file does not define."""
+        unknown = [a for a in arms if a not in self.arms]
+        if unknown:
+            raise ExperimentError(f"unknown arm(s) {unknown}; defined arms: {', '.join(self.arms)}")
+
 
 def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment file.

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from lightning_bninit.experiments.launchers import Launcher
+from lightning_bninit.experiments.results import RESERVED_KEYS
 from lightning_bninit.experiments.seeding import derive_seed
 from lightning_bninit.experiments.spec import Experiment
 
 RECORDER = "lightning_bninit.experiments.recorder.RunRecorder"
-#: Keys of a results line that are not metrics (a metric of that name is stored as ``metric_<name>``).
-RESERVED = frozenset({"seed", "arm", "config", "duration_s", "error", "derived_seed", "status"})
 
 
 class TrialFailed(Exception):
@@ -180,6 +179,6 @@ def _record(exp: Experiment, plan: TrialPlan, config: dict[str, Any]) -> dict[st
             ckpt.unlink(missing_ok=True)
     record: dict[str, Any] = {"seed": plan.seed, "arm": plan.arm}
     for name, value in metrics.items():
-        record[name if name not in RESERVED else f"metric_{name}"] = value
+        record[name if name not in RESERVED_KEYS else f"metric_{name}"] = value
     record["config"] = config
     return record
