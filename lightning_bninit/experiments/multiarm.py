@@ -7,7 +7,7 @@ of any false "beats the baseline" stays at most ``alpha`` across the arms.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from lightning_bninit.experiments.report import (RELATION, NotComparable, PairedReport, ReportError, Results,
@@ -20,36 +20,36 @@ __all__ = ["ArmComparison", "MultiArmReport", "default_treatment", "format_multi
            "multi_arm_report", "report_of"]
 
 
+#: The fields of an arm's two-arm report that its comparison shows (and writes to ``--json``).
+COMPARISON_FIELDS = (
+    "treatment", "n_pairs", "mean_diff", "std_diff", "ci_low", "ci_high", "t_statistic", "p_value_ttest",
+    "p_value_wilcoxon", "bootstrap_ci95_low", "bootstrap_ci95_high", "bootstrap_method", "cohens_dz", "seeds",
+    "differences", "unpaired", "failed_runs", "diverged_runs", "n_pairs_dropped_diverged", "notes",
+)
+
+
 @dataclass
 class ArmComparison:
-    """One arm against the baseline: the two-arm statistics and the Holm-adjusted p-value.
+    """One arm against the baseline: its two-arm report (:class:`PairedReport`) and the Holm-adjusted p-value.
 
     ``significant`` is the verdict after Holm's correction (``p_value_holm <= alpha``); ``ci_low``/``ci_high`` is
-    the arm's own (unadjusted) paired t interval, which matches ``p_value_ttest``.
+    the arm's own (unadjusted) paired t interval, which matches ``p_value_ttest``. The fields of
+    :data:`COMPARISON_FIELDS` read through to ``report``.
     """
 
-    treatment: str
-    n_pairs: int
-    mean_diff: float
-    std_diff: float
-    ci_low: float
-    ci_high: float
-    t_statistic: float
-    p_value_ttest: float
+    report: PairedReport
     p_value_holm: float
     significant: bool
-    p_value_wilcoxon: float
-    bootstrap_ci95_low: float
-    bootstrap_ci95_high: float
-    bootstrap_method: str
-    cohens_dz: float
-    seeds: list[int]
-    differences: list[float]
-    unpaired: dict[str, list[int]]
-    failed_runs: dict[str, list[int]]
-    diverged_runs: dict[str, list[int]]
-    n_pairs_dropped_diverged: int
-    notes: list[str]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in COMPARISON_FIELDS and "report" in self.__dict__:
+            return getattr(self.report, name)
+        raise AttributeError(f"'ArmComparison' object has no attribute '{name}'")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The shown fields of the two-arm report, the Holm-adjusted p-value and the verdict."""
+        out = {name: getattr(self.report, name) for name in COMPARISON_FIELDS}
+        return clean_json({**out, "p_value_holm": self.p_value_holm, "significant": self.significant})
 
 
 @dataclass
@@ -75,7 +75,8 @@ class MultiArmReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dictionary (non-finite floats become ``None``) with ``n_diverged_runs`` per arm."""
-        out = clean_json(asdict(self))
+        out = clean_json({f.name: getattr(self, f.name) for f in fields(self) if f.name != "comparisons"})
+        out["comparisons"] = [c.to_dict() for c in self.comparisons]
         out["n_diverged_runs"] = {arm: s["diverged"] for arm, s in self.arms.items()}
         return out
 
@@ -173,15 +174,7 @@ def _each_arm(results: Results, metric: str, baseline: str, others: list[str], a
 
 
 def _comparison(r: PairedReport, p_holm: float, alpha: float) -> ArmComparison:
-    return ArmComparison(
-        treatment=r.treatment, n_pairs=r.n_pairs, mean_diff=r.mean_diff, std_diff=r.std_diff, ci_low=r.ci_low,
-        ci_high=r.ci_high, t_statistic=r.t_statistic, p_value_ttest=r.p_value_ttest, p_value_holm=p_holm,
-        significant=bool(p_holm <= alpha), p_value_wilcoxon=r.p_value_wilcoxon,
-        bootstrap_ci95_low=r.bootstrap_ci95_low, bootstrap_ci95_high=r.bootstrap_ci95_high,
-        bootstrap_method=r.bootstrap_method, cohens_dz=r.cohens_dz, seeds=r.seeds, differences=r.differences,
-        unpaired=r.unpaired, failed_runs=r.failed_runs, diverged_runs=r.diverged_runs,
-        n_pairs_dropped_diverged=r.n_pairs_dropped_diverged, notes=r.notes,
-    )
+    return ArmComparison(report=r, p_value_holm=p_holm, significant=bool(p_holm <= alpha))
 
 
 def _ranking(alternative: str) -> Any:
