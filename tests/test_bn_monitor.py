@@ -1,4 +1,4 @@
-"""BNMonitor as a callback of its own (issue 9): any model, no effect on training, one logger call per step next to
+"""BNMonitor as a callback of its own: any model, no effect on training, one logger call per step next to
 BNInit, history kept across a resume, settings as hyperparameters."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """End to end on the digits example: the fork launcher gives exactly the results of fresh processes, and parallel
-trials with a fixed ModelCheckpoint dirpath each test their own checkpoint (issues 10 and 12)."""
+trials with a fixed ModelCheckpoint dirpath each test their own checkpoint."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """compare's failure paths, checkpoints, W&B grouping, the run recorder and the results file across processes
-(issue 12, items 3, 4 and 9). In process where possible (the children are the fake script), so coverage sees them."""
+In process where possible (the children are the fake script), so coverage sees them."""
 
 from __future__ import annotations
 

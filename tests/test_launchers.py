@@ -1,4 +1,4 @@
-"""The launchers of `bninit compare` (issue 10): a forked phase is a process of its own like a fresh one; kills,
+"""The launchers of `bninit compare`: a forked phase is a process of its own like a fresh one; kills,
 crashes and worker failures are handled; and the fork launcher gives the same results as fresh processes."""
 
 from __future__ import annotations

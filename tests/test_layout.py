@@ -1,4 +1,4 @@
-"""The package's shape (issue 9): which part may import what, no cycles, short functions, fast command, old paths."""
+"""The package's shape: which part may import what, no cycles, short functions, fast command, old paths."""
 
 from __future__ import annotations
 

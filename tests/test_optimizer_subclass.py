@@ -1,4 +1,4 @@
-"""Optimizer subclasses that keep their base class's step are accepted whatever the instantiation order (issue 12.1).
+"""Optimizer subclasses that keep their base class's step are accepted whatever the instantiation order.
 
 PyTorch stores its step wrapper on the class of the first instance, so the order is process-global: each order runs
 in a fresh process. Separability is decided by the class that defines ``step``, not by comparing ``step`` objects.

@@ -1,4 +1,4 @@
-"""Packaging (issue 12, item 7): license, metadata, version in one place, the command's --version and help text."""
+"""Packaging: license, metadata, version in one place, the command's --version and help text."""
 
 from __future__ import annotations
 

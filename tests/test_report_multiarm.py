@@ -1,4 +1,4 @@
-"""``bninit report`` without ``--treatment`` (issue 10): each arm against the baseline, Holm-corrected; the plot."""
+"""``bninit report`` without ``--treatment``: each arm against the baseline, Holm-corrected; the plot."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The report's statistics against independent references (issue 12, items 5, 8, 9): the t interval, Holm's method,
+"""The report's statistics against independent references: the t interval, Holm's method,
 power, verdicts on data where the t-test and Wilcoxon disagree, and diverged runs."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Sweeps (issue 10): a `grid:` over BNInit's options expands into named arms that compare runs like any other."""
+"""Sweeps: a `grid:` over BNInit's options expands into named arms that compare runs like any other."""
 
 from __future__ import annotations
 

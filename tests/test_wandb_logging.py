@@ -1,4 +1,4 @@
-"""W&B through the logger (issue 9, item 3): histograms in the same history row as the scalars of their step, the
+"""W&B through the logger: histograms in the same history row as the scalars of their step, the
 logger's prefix on every key (also the peak summaries), and the settings in the run config."""
 
 from __future__ import annotations
