@@ -1,4 +1,4 @@
-"""compare's failure paths, checkpoints, W&B grouping, the run recorder and the results file across processes
+"""compare's failure paths, checkpoints, W&B grouping, the run recorder and the results file across processes.
 In process where possible (the children are the fake script), so coverage sees them."""
 
 from __future__ import annotations
