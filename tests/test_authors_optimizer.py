@@ -1,5 +1,6 @@
-"""``exempt_weight_decay="1d"`` reproduces the optimizer of the authors' ``train.py`` (``docs`` of the method, section
-2), checked against a hand-written reimplementation of its rules on their CIFAR ResNet-18, in float64, at every step.
+"""``exempt_weight_decay="1d"`` reproduces the optimizer of the authors' ``train.py`` (``shared/docs/method.md``,
+section 2), checked against a hand-written reimplementation of its rules on their CIFAR ResNet-18, in float64, at
+every step.
 
 What "exactly" means here: both sides do the same floating-point operations, so the parameters are compared for
 equality. The one operation that differs is where the scales' learning rate is divided by c: the authors' group
@@ -33,6 +34,8 @@ LR, MOMENTUM, WD, INIT = 0.1, 0.9, 5e-4, 0.1
 C = 128.0  # a power of two: (lr / c) * r == (lr * r) / c in binary floating point (module docstring)
 EPOCHS, BATCHES, BATCH = 3, 2, 8
 AUTHORS_ETA_MIN = 1e-8
+
+Reference = tuple[list[str], "AuthorsNet"]  # fingerprints after each step, the trained network
 
 
 def authors_resnet18() -> nn.Module:
@@ -176,29 +179,35 @@ def start() -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def reference(start: nn.Module) -> tuple[list[str], AuthorsNet]:
+def reference(start: nn.Module) -> Reference:
     return reference_run(start)
 
 
-def test_one_d_through_a_trainer_equals_the_authors_optimizer_at_every_step(start, reference) -> None:
+def test_one_d_through_a_trainer_equals_the_authors_optimizer_at_every_step(
+    start: nn.Module, reference: Reference
+) -> None:
     prints, module = bninit_run(start)
     assert first_difference(prints, reference[0]) is None
     for got, want in zip(ordered(module.bninit_input_norm, module.net), ordered(*_parts(reference[1]))):
         assert torch.equal(got, want)
 
 
-def test_one_d_through_attach_equals_the_authors_optimizer_at_every_step(start, reference) -> None:
+def test_one_d_through_attach_equals_the_authors_optimizer_at_every_step(
+    start: nn.Module, reference: Reference
+) -> None:
     prints, _ = attach_run(start, "1d")
     assert first_difference(prints, reference[0]) is None
 
 
-def test_bn_only_exemption_parts_from_the_authors_at_the_second_step(start, reference) -> None:
+def test_bn_only_exemption_parts_from_the_authors_at_the_second_step(
+    start: nn.Module, reference: Reference
+) -> None:
     """``True`` decays ``fc.bias``: zero at the start, so the first step agrees and the second does not."""
     prints, _ = attach_run(start, True)
     assert first_difference(prints, reference[0]) == 1
 
 
-def test_bn_param_groups_one_d_equals_the_authors_with_their_floor_and_c_100(start) -> None:
+def test_bn_param_groups_one_d_equals_the_authors_with_their_floor_and_c_100(start: nn.Module) -> None:
     """The three groups follow the authors' cosine floor too (eta_min = 1e-8, a floor of each group's own) and any c:
     both sides compute ``lr / c`` once and schedule each group from its own base lr."""
     expected, _ = reference_run(start, divisor=100.0, eta_min=AUTHORS_ETA_MIN)

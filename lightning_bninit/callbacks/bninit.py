@@ -68,7 +68,7 @@ class BNInit(Callback):
 
     Raises:
         ValueError: for an ``init_scale`` that is not a finite number > 0, a ``scale_lr_divisor`` that is not a
-            finite number >= 1, a pattern that is neither a string nor a compiled ``re.Pattern``; at setup, for a
+            finite number >= 1, an ``exempt_weight_decay`` other than ``True``, ``False`` or ``"1d"``, a pattern that is neither a string nor a compiled ``re.Pattern``; at setup, for a
             second ``BNInit`` on the same Trainer, and at the start of fit for an optimizer that already has the
             update from :func:`~lightning_bninit.attach` (either would apply the update twice).
         TypeError: at the start of fit, for an optimizer holding BN parameters whose update cannot be applied exactly
