@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_bninit.callbacks.bn_monitor import BNMonitor, MonitorArg, make_monitor
-from lightning_bninit.method.settings import MethodSettings, Pattern
+from lightning_bninit.method.settings import ExemptWeightDecay, MethodSettings, Pattern
 from lightning_bninit.method.step_hooks import RevisedUpdate
 from lightning_bninit.method.treatment import BNINIT, Treatment, add_input_norm, treat
 
@@ -34,15 +34,18 @@ class BNInit(Callback):
     scales move by exactly what the user's optimizer would move them with its learning rate divided by
     ``scale_lr_divisor``, and BN scales and shifts get no weight decay. The user's model, ``configure_optimizers``
     and LR schedulers stay as they are: the result equals an optimizer built with
-    :func:`~lightning_bninit.bn_param_groups` (three param groups), to float round-off.
+    :func:`~lightning_bninit.bn_param_groups` (three param groups) with the same arguments, to float round-off
+    (bit for bit when ``scale_lr_divisor`` is a power of two), under any schedule without a floor; a floor
+    (``eta_min``, ``min_lr``) is ``floor / scale_lr_divisor`` for the scales here and ``floor`` in the three groups.
 
     Args:
         init_scale: the initial BN scale (gamma), a finite number > 0. The paper suggests 0.1; 1.0 is PyTorch's
             default.
         scale_lr_divisor: ``c`` in the paper: BN scales step with the optimizer's learning rate divided by this
             finite number >= 1. 100 in the paper; 1 keeps the optimizer's learning rate.
-        exempt_weight_decay: give BN scales and shifts no weight decay (coupled, as in SGD/Adam/RMSprop, or
-            decoupled, as in AdamW).
+        exempt_weight_decay: ``True``: give BN scales and shifts no weight decay (coupled, as in SGD/Adam/RMSprop,
+            or decoupled, as in AdamW); ``"1d"``: also every other parameter with at most one dimension of size > 1
+            (biases such as the classifier's), as the authors' ``train.py`` does; ``False``: decay them all.
         input_norm: add a BN layer on the raw input (scale ``init_scale * 0.58``, shift frozen at 0). ``True``
             normalizes the first argument of the LightningModule's own ``forward``; a string names the submodule
             (qualified name, e.g. ``"net"``) whose ``forward`` receives the images. The layer is registered in that
@@ -65,7 +68,7 @@ class BNInit(Callback):
 
     Raises:
         ValueError: for an ``init_scale`` that is not a finite number > 0, a ``scale_lr_divisor`` that is not a
-            finite number >= 1, a pattern that is neither a string nor a compiled ``re.Pattern``; at setup, for a
+            finite number >= 1, an ``exempt_weight_decay`` other than ``True``, ``False`` or ``"1d"``, a pattern that is neither a string nor a compiled ``re.Pattern``; at setup, for a
             second ``BNInit`` on the same Trainer, and at the start of fit for an optimizer that already has the
             update from :func:`~lightning_bninit.attach` (either would apply the update twice).
         TypeError: at the start of fit, for an optimizer holding BN parameters whose update cannot be applied exactly
@@ -84,7 +87,7 @@ class BNInit(Callback):
         self,
         init_scale: float = 0.1,
         scale_lr_divisor: float = 100.0,
-        exempt_weight_decay: bool = True,
+        exempt_weight_decay: ExemptWeightDecay = True,
         input_norm: Union[bool, str] = False,
         input_channels: Union[int, None] = None,
         include: PatternArg = None,
@@ -114,7 +117,7 @@ class BNInit(Callback):
         return self._settings.scale_lr_divisor
 
     @property
-    def exempt_weight_decay(self) -> bool:
+    def exempt_weight_decay(self) -> ExemptWeightDecay:
         return self._settings.exempt_weight_decay
 
     @property

@@ -35,7 +35,7 @@ BNINIT_OPTIONS: dict[str, Any] = {
 _KINDS: dict[str, tuple[str, ...]] = {
     "init_scale": ("number",),
     "scale_lr_divisor": ("number",),
-    "exempt_weight_decay": ("bool",),
+    "exempt_weight_decay": ("bool", "choice"),
     "input_norm": ("bool", "name"),
     "input_channels": ("int",),
     "include": ("name",),
@@ -43,8 +43,11 @@ _KINDS: dict[str, tuple[str, ...]] = {
     "force": ("bool",),
     "monitor": ("bool",),
 }
+#: The strings an option of kind "choice" takes (kept in step with ``method/settings.py``, checked by
+#: ``tests/test_authors_optimizer.py``; this module imports no torch).
+_CHOICES: dict[str, tuple[str, ...]] = {"exempt_weight_decay": ("1d",)}
 _KIND_TEXT = {"number": "a finite number", "bool": "true or false", "int": "an integer",
-              "name": "a string of letters, digits, '.', '_' or '-'"}
+              "name": "a string of letters, digits, '.', '_' or '-'", "choice": "one of the strings {choices}"}
 _RANGES = {"init_scale": (lambda v: v > 0, "> 0"), "scale_lr_divisor": (lambda v: v >= 1, ">= 1")}
 _ABBREV = {"init_scale": "g", "scale_lr_divisor": "c"}
 _SAFE = re.compile(r"[A-Za-z0-9._-]+")
@@ -158,7 +161,10 @@ def _value(option: str, value: Any) -> Any:
         return value
     elif isinstance(value, str) and "name" in kinds and _SAFE.fullmatch(value) and value not in ("true", "false"):
         return value
-    allowed = " or ".join(_KIND_TEXT[k] for k in kinds)
+    elif isinstance(value, str) and value in _CHOICES.get(option, ()):
+        return value
+    choices = ", ".join(repr(c) for c in _CHOICES.get(option, ()))
+    allowed = " or ".join(_KIND_TEXT[k].format(choices=choices) for k in kinds)
     raise GridError(f"grid: {option} value {value!r} is not allowed; each value must be {allowed} (it becomes part "
                     f"of the arm name and of --bninit.{option}=...); for anything else define an explicit arm")
 

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parameter import UninitializedParameter
 
-from lightning_bninit.method.settings import Pattern
+from lightning_bninit.method.settings import ONE_D, ExemptWeightDecay, Pattern
 
 SCALE = "scale"
 SHIFT = "shift"
@@ -80,4 +80,36 @@ def param_roles(layers: Iterable[_BatchNorm]) -> dict[torch.Tensor, str]:
     for bn in layers:
         roles[bn.weight] = SCALE
         roles[bn.bias] = SHIFT
+    return roles
+
+
+def is_vector(param: torch.Tensor) -> bool:
+    """Whether ``param`` has at most one dimension of size > 1: a bias, a BN parameter, a PReLU slope, a scalar
+    (the authors' ``train.py`` tests ``ndim == 1``, the same for every parameter of their ResNet)."""
+    return sum(size > 1 for size in param.shape) <= 1
+
+
+def update_roles(
+    model: nn.Module, layers: Iterable[_BatchNorm], exempt_weight_decay: ExemptWeightDecay
+) -> dict[torch.Tensor, str]:
+    """The roles the revised update gives: :func:`param_roles` of the treated ``layers`` and, with
+    ``exempt_weight_decay="1d"``, :data:`SHIFT` (the group's lr, no weight decay) for every other trainable
+    parameter of ``model`` that :func:`is_vector` (biases, BN parameters of untreated layers).
+
+    Raises:
+        ValueError: with ``"1d"``, for a lazy parameter not materialized yet, whose shape is not known.
+    """
+    roles = param_roles(layers)
+    if exempt_weight_decay != ONE_D:
+        return roles
+    for name, param in model.named_parameters():
+        if param in roles or not param.requires_grad:
+            continue
+        if isinstance(param, UninitializedParameter):
+            raise ValueError(
+                f"exempt_weight_decay={ONE_D!r} decides by shape, and parameter {name!r} is a lazy parameter without "
+                "one yet; run one forward pass before applying the method, or use exempt_weight_decay=True."
+            )
+        if is_vector(param):
+            roles[param] = SHIFT
     return roles

@@ -17,8 +17,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
 from lightning_bninit import compat
-from lightning_bninit.method.layers import find_bn_layers, param_roles
-from lightning_bninit.method.settings import MethodSettings, Patterns
+from lightning_bninit.method.layers import find_bn_layers, update_roles
+from lightning_bninit.method.settings import ExemptWeightDecay, MethodSettings, Patterns
 from lightning_bninit.method.step_hooks import is_attached_anywhere
 from lightning_bninit.method.input_norm import find_input_norm
 from lightning_bninit.method.treatment import ATTACH, Treatment, add_input_norm, input_module, treat
@@ -90,7 +90,7 @@ def attach(
     *,
     init_scale: float = 0.1,
     scale_lr_divisor: float = 100.0,
-    exempt_weight_decay: bool = True,
+    exempt_weight_decay: ExemptWeightDecay = True,
     input_norm: Union[bool, str] = False,
     input_channels: Union[int, None] = None,
     include: Patterns = None,
@@ -104,8 +104,9 @@ def attach(
     optimizer: for the length of every ``optimizer.step()`` BN scales step with ``lr / scale_lr_divisor`` and BN
     parameters get no weight decay; between steps the optimizer's own param groups are in place (schedulers,
     clipping, ``GradScaler`` and checkpoints see them unchanged). The result equals an optimizer built with
-    :func:`~lightning_bninit.bn_param_groups`. With Lightning Fabric, call it before ``fabric.setup`` (required for
-    ``input_norm``); on the objects ``fabric.setup`` returned it works too, on the modules they wrap.
+    :func:`~lightning_bninit.bn_param_groups` with the same arguments under a schedule without a floor (see
+    ``BNInit``). With Lightning Fabric, call it before ``fabric.setup`` (required for ``input_norm``); on the objects
+    ``fabric.setup`` returned it works too, on the modules they wrap.
 
     Args:
         model: the model (or what ``fabric.setup`` returned for it).
@@ -190,7 +191,8 @@ def _unwrap_optimizers(optimizer: Union[Optimizer, Sequence[Optimizer]]) -> list
 def _check_optimizers(model: nn.Module, settings: MethodSettings, optimizers: list[Optimizer]) -> None:
     # Before anything changes the model: an optimizer that cannot take the update is refused up front.
     layers = find_bn_layers(model, settings.include, settings.exclude)
-    probe = GroupSplitter(param_roles(layers.values()), settings.scale_lr_divisor, settings.exempt_weight_decay)
+    roles = update_roles(model, layers.values(), settings.exempt_weight_decay)
+    probe = GroupSplitter(roles, settings.scale_lr_divisor, settings.exempt_weight_decay)
     for opt in optimizers:
         if is_attached_anywhere(opt):
             raise ValueError(

@@ -6,12 +6,23 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from torch.optim import Optimizer
 
 Pattern = Union[str, "re.Pattern[str]"]
 Patterns = Union[Pattern, Sequence[Pattern], None]
+
+ONE_D = "1d"
+ExemptWeightDecay = Union[bool, Literal["1d"]]
+#: The allowed values of ``exempt_weight_decay`` (the one place they are declared) and what each means. BN scales
+#: step at ``lr / c`` whatever the value.
+EXEMPT_WEIGHT_DECAY_VALUES: dict[object, str] = {
+    True: "no weight decay on BN scales and shifts",
+    False: "every parameter keeps its group's weight decay",
+    ONE_D: "no weight decay on any parameter with at most one dimension of size > 1 (BN scales and shifts, biases), "
+           "as in the authors' train.py",
+}
 
 
 def check_init_scale(value: float) -> float:
@@ -39,6 +50,19 @@ def check_scale_lr_divisor(value: float) -> float:
             f"uses 100), got {value!r}."
         )
     return number
+
+
+def check_exempt_weight_decay(value: object) -> ExemptWeightDecay:
+    """Return ``value`` if it is one of :data:`EXEMPT_WEIGHT_DECAY_VALUES` (``True``, ``False`` or ``"1d"``).
+
+    Raises:
+        ValueError: for anything else, naming the value and what each allowed value means.
+    """
+    if isinstance(value, bool) or (isinstance(value, str) and value == ONE_D):
+        return value  # type: ignore[return-value]
+    allowed = "; ".join(f"{v!r}: {what}" for v, what in EXEMPT_WEIGHT_DECAY_VALUES.items())
+    raise ValueError(f"exempt_weight_decay must be True, False or {ONE_D!r} ({allowed}), got "
+                     f"{type(value).__name__}: {value!r}.")
 
 
 def check_patterns(value: Patterns, name: str) -> tuple[Pattern, ...]:
@@ -122,7 +146,7 @@ class MethodSettings:
 
     init_scale: float = 0.1
     scale_lr_divisor: float = 100.0
-    exempt_weight_decay: bool = True
+    exempt_weight_decay: ExemptWeightDecay = True
     input_norm: Union[bool, str] = False
     input_channels: Union[int, None] = None
     include: tuple[Pattern, ...] = ()
@@ -135,7 +159,7 @@ class MethodSettings:
         cls,
         init_scale: float = 0.1,
         scale_lr_divisor: float = 100.0,
-        exempt_weight_decay: bool = True,
+        exempt_weight_decay: ExemptWeightDecay = True,
         input_norm: Union[bool, str] = False,
         input_channels: Union[int, None] = None,
         include: Patterns = None,
@@ -147,7 +171,7 @@ class MethodSettings:
         return cls(
             init_scale=check_init_scale(init_scale),
             scale_lr_divisor=check_scale_lr_divisor(scale_lr_divisor),
-            exempt_weight_decay=bool(exempt_weight_decay),
+            exempt_weight_decay=check_exempt_weight_decay(exempt_weight_decay),
             input_norm=check_input_norm(input_norm),
             input_channels=check_input_channels(input_channels),
             include=check_patterns(include, "include"),

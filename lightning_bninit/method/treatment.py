@@ -19,7 +19,7 @@ from torch.optim import Optimizer
 
 from lightning_bninit.method.init import InitReport, init_bn_
 from lightning_bninit.method.input_norm import attach_input_norm, find_input_norm, infer_input_channels
-from lightning_bninit.method.layers import find_bn_layers, is_at, is_materialized, param_roles
+from lightning_bninit.method.layers import find_bn_layers, is_at, is_materialized, update_roles
 from lightning_bninit.method.settings import MethodSettings
 from lightning_bninit.method.step_hooks import RevisedUpdate
 from lightning_bninit.method.update import GroupSplitter, is_separable, unsupported_optimizer_message
@@ -181,7 +181,8 @@ def treat(model: nn.Module, settings: MethodSettings, caller: Caller, warn: Say,
     _warn_pretrained(report, layers, settings, caller, warn)
     trainable = {n: bn for n, bn in layers.items() if n not in report.frozen}
     initial = {n: _snapshot(bn) for n, bn in trainable.items() if is_materialized(bn)}
-    splitter = GroupSplitter(param_roles(trainable.values()), settings.scale_lr_divisor, settings.exempt_weight_decay)
+    roles = update_roles(model, trainable.values(), settings.exempt_weight_decay)
+    splitter = GroupSplitter(roles, settings.scale_lr_divisor, settings.exempt_weight_decay)
     return Treatment(
         settings=settings, report=report, layer_names=list(trainable), initial=initial,
         update=RevisedUpdate(splitter, deferred=deferred), pending_lazy=[n for n in trainable if n not in initial],

@@ -21,6 +21,7 @@ from lightning_bninit import attach, bn_param_groups, init_bn_  # noqa: E402
 from lightning_bninit.method.input_norm import attach_input_norm  # noqa: E402
 
 LR, WD = 0.05, 1e-2
+C = 128.0  # a power of two: the split and the three groups compute the same scale lr (tests/test_fabric.py)
 
 
 def train(fabric: Fabric, start: nn.Module, how: str) -> tuple[nn.Module, int]:
@@ -33,15 +34,15 @@ def train(fabric: Fabric, start: nn.Module, how: str) -> tuple[nn.Module, int]:
             attach_input_norm(net, 3, 0.1)
             init_bn_(net, 0.1, exclude="bninit_input_norm")
             groups = [{k: v for k, v in g.items() if k != "bninit"}
-                      for g in bn_param_groups(net, lr=LR, weight_decay=WD, scale_lr_divisor=100.0)]
+                      for g in bn_param_groups(net, lr=LR, weight_decay=WD, scale_lr_divisor=C)]
             optimizer = torch.optim.SGD(groups, lr=LR, momentum=0.9)
         else:
             optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9, weight_decay=WD)
             if how == "before":
-                attach(net, optimizer, input_norm=True)
+                attach(net, optimizer, scale_lr_divisor=C, input_norm=True)
         model, optimizer = fabric.setup(net, optimizer)
         if how == "after":
-            attach(model, optimizer)
+            attach(model, optimizer, scale_lr_divisor=C)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=8)
     data = fabric.setup_dataloaders(loader(dataset(n=64, dtype=torch.float32), 4))
     for epoch in range(2):
