@@ -101,6 +101,9 @@ def env_report(require_cuda: bool) -> int:
         return 3
     import torch
 
+    n_chains, missing = torch_api_check(Path(__file__).resolve().parents[2])
+    print(f"torch API on the device path: {n_chains} torch.* names written in its files, "
+          f"missing from torch {torch.__version__}: {missing or 'none'}")
     cuda = torch.cuda.is_available()
     print(f"torch cuda build {torch.version.cuda}, cudnn {torch.backends.cudnn.version()}, cuda available {cuda}")
     bf16 = False
@@ -113,6 +116,39 @@ def env_report(require_cuda: bool) -> int:
         print("error: this step needs a CUDA GPU with bf16 (compare_gpu.yaml trains on `gpu` in bf16-mixed)")
         return 3
     return 0
+
+
+#: The code a verdict run executes: the example, the plugin's CLI flag and callback, and ``bninit compare``/``report``.
+DEVICE_PATH = ("examples/cifar10/main.py", "examples/cifar10/model.py", "examples/cifar10/data.py",
+               "examples/cifar10/gpu_verdict.py", "lightning_bninit/*.py", "lightning_bninit/callbacks/*.py",
+               "lightning_bninit/method/*.py", "lightning_bninit/monitoring/*.py", "lightning_bninit/experiments/*.py")
+
+
+def torch_api_check(root: Path) -> tuple[int, list[str]]:
+    """Every ``torch.<name>.<name>...`` chain written in the device path's files, and those this torch does not have."""
+    import importlib
+    import re
+
+    import torch
+
+    chains: set[str] = set()
+    for pattern in DEVICE_PATH:
+        for path in sorted(root.glob(pattern)):
+            chains.update(re.findall(r"\btorch(?:\.[A-Za-z_]\w*)+", path.read_text()))
+    missing = []
+    for chain in sorted(chains):
+        obj: Any = torch
+        parts = chain.split(".")
+        for i, part in enumerate(parts[1:], start=1):
+            if hasattr(obj, part):
+                obj = getattr(obj, part)
+                continue
+            try:
+                obj = importlib.import_module(".".join(parts[: i + 1]))
+            except ImportError:
+                missing.append(chain)
+                break
+    return len(chains), missing
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -52,7 +52,9 @@ if [[ "$REHEARSAL" == 1 ]]; then
 else
     MODE=device-gpu
     SEEDS=${SEEDS:-1-8} ARMS=${ARMS:-standard,bninit} PARALLEL=${PARALLEL:-8}
-    BUDGET_S=${BUDGET_S:-575} STOP_MARGIN_S=${STOP_MARGIN_S:-45}
+    # The call's limit is 600 s; the files under $OUT come back even if it is cut off, and results.jsonl is written
+    # line by line, so the margin only has to cover stopping the runs (<= 15 s) and the report (a few seconds).
+    BUDGET_S=${BUDGET_S:-585} STOP_MARGIN_S=${STOP_MARGIN_S:-35}
     BUDGET_ARGS=()
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}  # 8 runs x 2 threads on 16 cores; the work is on the GPU
 fi
@@ -61,6 +63,7 @@ fi
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 export PYTHONUNBUFFERED=1 PIP_ROOT_USER_ACTION=ignore WANDB_MODE=${WANDB_MODE:-disabled} MPLBACKEND=${MPLBACKEND:-Agg}
 STOP_AT_MS=$(((BUDGET_S - STOP_MARGIN_S) * 1000))
+STOP_AFTER_RUNS=${STOP_AFTER_RUNS:-0}  # (the test of the deadline) stop compare as at the deadline after N runs
 
 phase() {  # NAME CMD...: run and time one step
     local name=$1 start rc; shift
@@ -153,7 +156,8 @@ run_compare() {
         sleep 1
         n=$(count_lines)
         if (( n > lines )); then lines=$n; printf '%s\t%s\n' "$n" "$(since_ms)" >> "$WORK/lines.tsv"; say "$n runs done"; fi
-        if (( sent == 0 && ($(since_ms) >= STOP_AT_MS || INTERRUPTED) )); then
+        if (( sent == 0 && ($(since_ms) >= STOP_AT_MS || INTERRUPTED || (STOP_AFTER_RUNS > 0 && n >= STOP_AFTER_RUNS)) ))
+        then
             say "deadline: SIGINT to compare"; kill -INT "$pid" 2> /dev/null; sent=$(since_ms); STOPPED=true
         elif (( sent > 0 && $(since_ms) - sent > 25000 )); then
             say "compare still running 25 s after SIGINT: SIGKILL"; kill -KILL "$pid" 2> /dev/null; sent=-1
