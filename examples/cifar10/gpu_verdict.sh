@@ -115,8 +115,9 @@ write_env() {
         echo "# gpu_verdict.sh $MODE, $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname 2> /dev/null)"
         echo "seeds $SEEDS, arms $ARMS, parallel $PARALLEL, budget ${BUDGET_S} s (compare stopped at" \
              "$((STOP_AT_MS / 1000)) s), extra args: ${BUDGET_ARGS[*]:-none}"
-        echo "wheels: $WHEEL_SOURCE; hidden in the rehearsal: ${HIDE[*]}"
-        echo "commit: $(git -C "$ROOT" rev-parse HEAD 2> /dev/null || echo 'unknown (no git here)')"
+        echo "wheels: $WHEEL_SOURCE$([[ "$REHEARSAL" == 1 ]] && echo "; hidden from the rehearsal's Python: ${HIDE[*]}")"
+        echo "commit: $(git -C "$ROOT" rev-parse HEAD 2> /dev/null || echo 'unknown (no git here)');" \
+             "at prepare_gpu_carry.sh: $(cat "$CARRY/COMMIT" 2> /dev/null || echo unknown)"
         echo "OMP_NUM_THREADS=$OMP_NUM_THREADS CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"
         echo "## uname: $(uname -a)"
         echo "## nvidia-smi"
@@ -180,33 +181,36 @@ write_report() {
     } > "$OUT_DIR/report.md" 2>&1
 }
 
-# ---- the steps ------------------------------------------------------------------------------------------------
-say "$MODE: out $OUT_DIR, work $WORK, python $(command -v "$PY")"
-STATUS=0
-if phase wheels install_wheels; then
-    phase env write_env || STATUS=3
-    DATA_PATH=${DATA:-$CARRY/cifar10-jpeg.tar.xz}
-    if [[ ! -e "$DATA_PATH" && "$REHEARSAL" == 1 ]]; then  # no carry folder: the data module's own search
-        DATA_PATH=$(cd "$ROOT" && "$PY" -c "import sys; sys.path.insert(0, 'examples')
+# ---- the steps (one function, read whole before it runs: editing the file meanwhile cannot break a run) --------------
+main() {
+    say "$MODE: out $OUT_DIR, work $WORK, python $(command -v "$PY")"
+    STATUS=0
+    if phase wheels install_wheels; then
+        phase env write_env || STATUS=3
+        DATA_PATH=${DATA:-$CARRY/cifar10-jpeg.tar.xz}
+        if [[ ! -e "$DATA_PATH" && "$REHEARSAL" == 1 ]]; then  # no carry folder: the data module's own search
+            DATA_PATH=$(cd "$ROOT" && "$PY" -c "import sys; sys.path.insert(0, 'examples'); \
 from cifar10.data import find_data_path; print(find_data_path(None))") || DATA_PATH=
-    fi
-    if (( STATUS == 0 )) && phase decode "$PY" "$ROOT/examples/cifar10/data.py" "$DATA_PATH" --cache-dir "$CACHE"; then
-        phase compare run_compare || STATUS=1
-    elif (( STATUS == 0 )); then
+        fi
+        if (( STATUS == 0 )) && phase decode "$PY" "$ROOT/examples/cifar10/data.py" "$DATA_PATH" --cache-dir "$CACHE"; then
+            phase compare run_compare || STATUS=1
+        elif (( STATUS == 0 )); then
+            STATUS=2
+        fi
+    else
         STATUS=2
+        phase env write_env
     fi
-else
-    STATUS=2
-    phase env write_env
-fi
-phase report write_report
-# The runs' logs and result files, the experiment file and the phases: one file (the device returns at most 8).
-phase logs tar -czf "$OUT_DIR/run_logs.tar.gz" -C "$WORK" --exclude='*.ckpt' \
-    $(cd "$WORK" && ls -d runs compare_gpu.yaml phases.tsv lines.tsv 2> /dev/null)
-"$PY" "$ROOT/examples/cifar10/gpu_verdict.py" timing --work "$WORK" --results "$RESULTS" --out "$OUT_DIR/timing.json" \
-    "mode=$MODE" "seeds=$SEEDS" "arms=$ARMS" "parallel=$PARALLEL" "budget_s=$BUDGET_S" \
-    "compare_sigint_at_s=$((STOP_AT_MS / 1000))" "stopped_at_deadline=$STOPPED" "compare_rc=${COMPARE_RC:-none}" \
-    "wheels=$WHEEL_SOURCE" "total_s=$(awk "BEGIN{print $(since_ms)/1000}")"
-say "done (status $STATUS): $(cd "$OUT_DIR" && ls | tr '\n' ' ')"
-[[ -n "${WORK_DIR:-}" ]] || rm -rf "$WORK"
-exit "$STATUS"
+    phase report write_report
+    # The runs' logs and result files, the experiment file and the phases: one file (the device returns at most 8).
+    phase logs tar -czf "$OUT_DIR/run_logs.tar.gz" -C "$WORK" --exclude='*.ckpt' \
+        $(cd "$WORK" && ls -d runs compare_gpu.yaml phases.tsv lines.tsv 2> /dev/null)
+    "$PY" "$ROOT/examples/cifar10/gpu_verdict.py" timing --work "$WORK" --results "$RESULTS" --out "$OUT_DIR/timing.json" \
+        "mode=$MODE" "seeds=$SEEDS" "arms=$ARMS" "parallel=$PARALLEL" "budget_s=$BUDGET_S" \
+        "compare_sigint_at_s=$((STOP_AT_MS / 1000))" "stopped_at_deadline=$STOPPED" "compare_rc=${COMPARE_RC:-none}" \
+        "wheels=$WHEEL_SOURCE" "total_s=$(awk "BEGIN{print $(since_ms)/1000}")"
+    say "done (status $STATUS): $(cd "$OUT_DIR" && ls | tr '\n' ' ')"
+    [[ -n "${WORK_DIR:-}" ]] || rm -rf "$WORK"
+    return "$STATUS"
+}
+main "$@"

@@ -54,6 +54,8 @@ git check-ignore -q "$CARRY" || { echo "prepare_gpu_carry: $CARRY is not git-ign
 rm -f "$CARRY"/*.npz  # a decoded cache (185 MB) would not fit the 64 MiB a call carries
 cp "$archive" "$CARRY/cifar10-jpeg.tar.xz"
 download_wheels "$CARRY/wheels"
+# The device gets no .git: env.txt reports the commit (and whether the tree differed from it) recorded here.
+echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- . ':!.gpu_carry' || echo ' plus uncommitted changes')" > "$CARRY/COMMIT"
 
 carried=$(du -sb "$CARRY" | cut -f1)
 tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 -r du -cb 2>/dev/null | tail -1 | cut -f1)
