@@ -149,6 +149,11 @@ def test_rehearsal_site_hides_what_the_device_lacks(tmp_path):
     assert got["wandb"] and got["wandb_dist"] is None and got["own_dist"] is None
     assert got["own"] == str(ROOT / "lightning_bninit" / "__init__.py")
     assert got["torch"].startswith(str(mirror))
+    # without the repository on PYTHONPATH there is no lightning_bninit at all (the editable install's hook is gone)
+    env["PYTHONPATH"] = str(CIFAR / "rehearsal")
+    alone = subprocess.run([sys.executable, "-c", "import importlib.util as u; print(u.find_spec('lightning_bninit'))"],
+                           env=env, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+    assert alone == "None"
 
 
 def test_compare_with_one_visible_gpu_takes_the_subprocess_launcher(monkeypatch):
