@@ -53,6 +53,13 @@ def _unwrapped(step: Any) -> Any:
     return step
 
 
+def keeps_state_per_parameter(optimizer: Optimizer) -> bool:
+    """Whether ``optimizer``'s step is one of PyTorch's separable optimizers', which keep all their state per parameter
+    and write nothing into their param groups while stepping (the float64 equivalence tests check each)."""
+    owner = step_owner(type(optimizer))
+    return any(owner is step_owner(cls) for cls in SEPARABLE_OPTIMIZERS)
+
+
 def is_separable(optimizer: Optimizer, extra: Iterable[type[Optimizer]] = ()) -> bool:
     """Whether ``optimizer``'s step is one known to treat each param group independently.
 
@@ -100,24 +107,38 @@ def unsupported_optimizer_message(optimizer: Optimizer, caller: str = "BNInit") 
     )
 
 
+_Piece = tuple[str, dict[str, Any]]
+"""One group a user's group becomes: its role and the values it overrides (``params``, ``param_names``,
+``weight_decay``; ``lr`` is set per step for scales)."""
+
+
 @dataclass
 class _Split:
     """Where the BN parameters sit in one param group, and the groups it becomes for each kind of split."""
 
     params: list[torch.Tensor]
+    names: list[str] | None
     buckets: dict[str, list[int]]
-    _pieces: dict[tuple[bool, bool], list[tuple[str, list[torch.Tensor], list[int]]]] = field(default_factory=dict)
+    _pieces: dict[tuple[bool, bool], list[_Piece]] = field(default_factory=dict)
 
-    def pieces(self, own_scales: bool, own_shifts: bool) -> list[tuple[str, list[torch.Tensor], list[int]]]:
-        """``(role, params, their indices in the group)`` of the groups this group becomes; BN parameters without a
-        group of their own stay with the others (in the user's order)."""
+    def pieces(self, own_scales: bool, own_shifts: bool) -> list[_Piece]:
+        """The groups this group becomes; BN parameters without a group of their own stay with the others (in the
+        user's order)."""
         key = (own_scales, own_shifts)
         if key not in self._pieces:
             scales, shifts = self.buckets[SCALE], self.buckets[SHIFT]
             kept = sorted([*self.buckets[_OTHER], *([] if own_scales else scales), *([] if own_shifts else shifts)])
             roles = ((_OTHER, kept), (SCALE, scales if own_scales else []), (SHIFT, shifts if own_shifts else []))
-            self._pieces[key] = [(role, [self.params[i] for i in idx], idx) for role, idx in roles if idx]
+            self._pieces[key] = [(role, self._overrides(role, idx, own_shifts)) for role, idx in roles if idx]
         return self._pieces[key]
+
+    def _overrides(self, role: str, index: list[int], remove_decay: bool) -> dict[str, Any]:
+        overrides: dict[str, Any] = {"params": [self.params[i] for i in index]}
+        if self.names is not None:
+            overrides["param_names"] = [self.names[i] for i in index]
+        if role != _OTHER and remove_decay:
+            overrides["weight_decay"] = 0.0
+        return overrides
 
 
 _OTHER = "other"
@@ -140,21 +161,11 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-@dataclass
-class _Copy:
-    """One split group of a step: the dict the optimizer steps, the values it was given, and what was overridden."""
-
-    group: dict[str, Any]
-    values: tuple[Any, ...]
-    overrides: dict[str, Any]
-
-
-@dataclass
-class _Saved:
-    """What one split step replaced: the user's groups list, and each user's group with its copies."""
-
-    original: list[dict[str, Any]]
-    copies: list[tuple[dict[str, Any], list[_Copy]]]
+_Copy = tuple[dict[str, Any], tuple[Any, ...], dict[str, Any]]
+"""One split group of a step: the dict the optimizer steps, the values it was given, and those that the split set
+(the piece's overrides, and ``lr`` for scales)."""
+_Saved = tuple[list[dict[str, Any]], list[tuple[dict[str, Any], list[_Copy]]]]
+"""What one split step replaced: the user's groups list, and each user's group that was split with its copies."""
 
 
 class GroupStateError(TypeError):
@@ -216,8 +227,12 @@ class GroupSplitter:
         remove_decay = self.exempt_weight_decay and not _is_zero(group.get("weight_decay", 0))
         return remove_decay or self.scale_lr_divisor != 1, remove_decay
 
-    def split(self, optimizer: Optimizer) -> None:
-        """Replace ``optimizer.param_groups`` by the split groups until :meth:`restore`."""
+    def split(self, optimizer: Optimizer, track_state: bool = True) -> None:
+        """Replace ``optimizer.param_groups`` by the split groups until :meth:`restore`.
+
+        ``track_state=False`` skips the bookkeeping that carries group-level state back, for optimizers known to keep
+        all their state per parameter (PyTorch's own: :func:`keeps_state_per_parameter`).
+        """
         if not self.active or id(optimizer) in self._saved:
             return
         original = optimizer.param_groups
@@ -226,34 +241,25 @@ class GroupSplitter:
         copies: list[tuple[dict[str, Any], list[_Copy]]] = []
         for group in original:
             plan = self._plan(group)
-            own_scales, remove_decay = self._own_groups(group)
-            if plan is None or not own_scales:
+            own_scales, remove_decay = self._own_groups(group) if plan is not None else (False, False)
+            if not own_scales:
                 groups.append(group)
                 continue
-            made = []
-            for role, params, index in plan.pieces(own_scales, remove_decay):
-                copy, overrides = self._copy(group, role, params, index, remove_decay)
+            made: list[_Copy] = []
+            for role, overrides in plan.pieces(own_scales, remove_decay):  # type: ignore[union-attr]
+                copy = dict(group)
+                copy.update(overrides)
+                if role == SCALE:
+                    overrides = {**overrides, "lr": group["lr"] / self.scale_lr_divisor}
+                    copy["lr"] = overrides["lr"]
                 (groups if role == _OTHER else tail).append(copy)
-                made.append(_Copy(copy, tuple(copy.values()), overrides))
-            copies.append((group, made))
+                if track_state:
+                    made.append((copy, tuple(copy.values()), overrides))
+            if track_state:
+                copies.append((group, made))
         if tail:
-            self._saved[id(optimizer)] = _Saved(original, copies)
+            self._saved[id(optimizer)] = (original, copies)
             optimizer.param_groups = groups + tail
-
-    def _copy(
-        self, group: dict[str, Any], role: str, params: list[torch.Tensor], index: list[int], remove_decay: bool
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        copy = dict(group)
-        overrides: dict[str, Any] = {"params": params}
-        names = group.get("param_names")
-        if names is not None:
-            overrides["param_names"] = [names[i] for i in index]
-        if role != _OTHER and remove_decay:
-            overrides["weight_decay"] = 0.0
-        if role == SCALE:
-            overrides["lr"] = group["lr"] / self.scale_lr_divisor
-        copy.update(overrides)
-        return copy, overrides
 
     def restore(self, optimizer: Optimizer) -> None:
         """Put the user's own param groups back (a no-op when they are in place), with the group-level state the
@@ -265,8 +271,9 @@ class GroupSplitter:
         saved = self._saved.pop(id(optimizer), None)
         if saved is None:
             return
-        optimizer.param_groups = saved.original
-        for group, made in saved.copies:
+        original, copies = saved
+        optimizer.param_groups = original
+        for group, made in copies:
             if not all(map(_untouched, made)):
                 _carry_back(optimizer, group, made)
 
@@ -283,15 +290,16 @@ class GroupSplitter:
             for index, param in enumerate(params):
                 buckets[self.roles.get(param, _OTHER)].append(index)
             if buckets[SCALE] or buckets[SHIFT]:
-                plan = _Split(params=list(params), buckets=buckets)
+                plan = _Split(params=list(params), names=group.get("param_names"), buckets=buckets)
         self._plans[id(group)] = (list(params), marked, plan)
         return plan
 
 
 def _untouched(copy: _Copy) -> bool:
     # One C-level pass: every value is still the object the split put there (tuple equality tries identity first).
+    group, values, _ = copy
     try:
-        return len(copy.group) == len(copy.values) and tuple(copy.group.values()) == copy.values
+        return len(group) == len(values) and tuple(group.values()) == values
     except Exception:  # noqa: BLE001 - a rebound value whose == is not a bool (a tensor): look closer
         return False
 
@@ -299,17 +307,15 @@ def _untouched(copy: _Copy) -> bool:
 def _carry_back(optimizer: Optimizer, group: dict[str, Any], made: list[_Copy]) -> None:
     """Write the keys the optimizer added or rebound in the split groups back to the user's ``group``."""
     changed: dict[str, list[Any]] = {}
-    for copy in made:
-        for key, value in copy.group.items():
-            expected = copy.overrides.get(key, group.get(key, _MISSING))
-            if value is not expected:
+    for copy, _, overrides in made:
+        for key, value in copy.items():
+            if value is not overrides.get(key, group.get(key, _MISSING)):
                 changed.setdefault(key, [])
-    for key in changed:
-        for copy in made:
-            if key in copy.overrides:
+    for key, values in changed.items():
+        for copy, _, overrides in made:
+            if key in overrides:
                 raise GroupStateError(_group_state_message(optimizer, key, "changes a value the split set"))
-            changed[key].append(copy.group.get(key, group.get(key, _MISSING)))
-        values = changed[key]
+            values.append(copy.get(key, group.get(key, _MISSING)))
         if any(v is _MISSING for v in values) or not all(_same(values[0], v) for v in values[1:]):
             raise GroupStateError(_group_state_message(optimizer, key, "differs between the split groups"))
         group[key] = values[0]
