@@ -31,9 +31,10 @@ TRAINABLE_SGD = lambda params: SGD([p for p in params if p.requires_grad])  # no
 GROUPED = {"lr": LR, "weight_decay": WD, "scale_lr_divisor": C}
 
 
-def fit64(model: pl.LightningModule, callbacks: list, epochs: int = 2, batches: int = 3, **kwargs: Any) -> pl.Trainer:
+def fit64(model: pl.LightningModule, callbacks: list, epochs: int = 2, batches: int = 3, ckpt_path: Any = None,
+          **kwargs: Any) -> pl.Trainer:
     t = trainer(precision="64-true", callbacks=callbacks, max_epochs=epochs, limit_train_batches=batches, **kwargs)
-    t.fit(model, loader(dataset()))
+    t.fit(model, loader(dataset()), ckpt_path=ckpt_path)
     return t
 
 
@@ -77,6 +78,25 @@ def test_layers_built_late_are_treated_exactly(where: str) -> None:
     assert callback.layer_names == ["net.1", "net.4", "net.9"]
     assert torch.all(callback.initial_values["net.1"]["scale"] == INIT)
     assert_same_params(model.net, reference(start))
+
+
+def test_resume_of_a_model_built_in_configure_model_is_exact(tmp_path) -> None:
+    torch.manual_seed(7)
+    start = tiny_net().double()
+
+    def run(epochs: int, ckpt: Any = None) -> tuple[LateClassifier, pl.Trainer]:
+        model = LateClassifier(start, "configure_model")
+        t = fit64(model, [BNInit(INIT, C)], epochs=epochs, default_root_dir=tmp_path, ckpt_path=ckpt)
+        return model, t
+
+    full, _ = run(3)
+    half, t = run(2)
+    t.save_checkpoint(tmp_path / "half.ckpt")
+    with warnings.catch_warnings():  # the values come from the checkpoint: not re-initialized, not "pretrained"
+        warnings.filterwarnings("error", message=".*left the values.*")
+        resumed, t = run(3, tmp_path / "half.ckpt")
+    assert_same_params(resumed.net, full.net, rtol=0, atol=0)
+    assert torch.all(t.callbacks[0].initial_values["net.1"]["scale"] == INIT)
 
 
 def test_input_norm_with_a_model_built_in_configure_model() -> None:
