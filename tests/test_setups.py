@@ -151,6 +151,17 @@ def test_callback_order_does_not_matter_with_base_finetuning(upto: int) -> None:
     assert_same_params(runs[1], runs[2])
 
 
+def test_an_optimizer_that_cannot_split_is_refused_when_bn_parameters_join_it() -> None:
+    from support.helpers import PlainSGD
+
+    net = tiny_net()
+    optimizer = PlainSGD(net[11].parameters(), lr=LR, weight_decay=WD)  # no BN parameter yet: accepted
+    attach(net, optimizer)
+    optimizer.add_param_group({"params": list(net[9].parameters())})
+    with pytest.raises(TypeError, match=r"attach cannot .*PlainSGD"):
+        optimizer.step()
+
+
 def test_frozen_layers_at_default_are_initialized_and_pretrained_ones_kept() -> None:
     net = tiny_net()
     net[1].requires_grad_(False)

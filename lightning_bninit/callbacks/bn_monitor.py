@@ -54,8 +54,9 @@ class BNMonitor(Callback):
         exclude: patterns of BN layers not to watch.
 
     Raises:
-        ValueError: for a ``log_every_n_steps`` that is not an int >= 0 or ``None``, a bad pattern, or, at setup, a
-            second ``BNMonitor`` on the same Trainer (both would log the same keys).
+        ValueError: for a ``log_every_n_steps`` that is not an int >= 0 or ``None``, a ``bool`` option that is not
+            ``True`` or ``False`` (``plots`` also takes ``None``), a bad pattern, or, at setup, a second ``BNMonitor``
+            on the same Trainer (both would log the same keys).
         ImportError: for ``plots=True`` without matplotlib (the message names the extra to install).
 
     Example::

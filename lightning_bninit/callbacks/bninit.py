@@ -30,7 +30,8 @@ LEGACY_STATE_KEY = "BNInit"
 class BNInit(Callback):
     r"""Revisiting Batch Norm Initialization (Davis & Frank, ECCV 2022) for any Lightning training run.
 
-    At ``setup`` of ``fit`` every batch-norm layer gets scale ``init_scale`` and shift 0. At each optimizer step, BN
+    At ``setup`` of ``fit`` every batch-norm layer at PyTorch's default gets scale ``init_scale`` and shift 0 (layers
+    built later, in ``LightningModule.setup`` or ``configure_model``, at the start of fit). At each optimizer step, BN
     scales move by exactly what the user's optimizer would move them with its learning rate divided by
     ``scale_lr_divisor``, and BN scales and shifts get no weight decay. The user's model, ``configure_optimizers``
     and LR schedulers stay as they are: the result equals an optimizer built with
@@ -53,8 +54,10 @@ class BNInit(Callback):
             (``"model.layer1.*"``); when given, only matching BN layers are treated.
         exclude: patterns of BN layers to leave entirely alone.
         force: re-initialize BN layers even when their parameters are not at PyTorch's default (scale 1, shift 0).
-            By default such layers look pretrained: their values are kept (with one warning that lists them), and
-            they still get the revised update.
+            By default such layers were initialized by someone (pretrained, or zero-initialized residual scales):
+            their values are kept (with one warning that lists them and says which) and they still get the revised
+            update. ``True`` gives every layer ``init_scale``, as in the paper. Frozen layers are decided the same way
+            (by their values), so callback order does not matter.
         separable_optimizers: optimizer classes, beyond PyTorch's own, whose ``step`` updates each param group
             independently; only for these can the update be applied exactly. Subclasses that keep the ``step`` of a
             separable class qualify without being listed.
@@ -65,7 +68,8 @@ class BNInit(Callback):
 
     Raises:
         ValueError: for an ``init_scale`` that is not a finite number > 0, a ``scale_lr_divisor`` that is not a
-            finite number >= 1, a pattern that is neither a string nor a compiled ``re.Pattern``; at setup, for a
+            finite number >= 1, a ``bool`` option that is not ``True`` or ``False``, a pattern that is neither a
+            string nor a compiled ``re.Pattern``, ``LBFGS`` in ``separable_optimizers``; at setup, for a
             second ``BNInit`` on the same Trainer, and at the start of fit for an optimizer that already has the
             update from :func:`~lightning_bninit.attach` (either would apply the update twice).
         TypeError: at the start of fit, for an optimizer holding BN parameters whose update cannot be applied exactly
