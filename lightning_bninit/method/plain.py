@@ -114,17 +114,15 @@ def attach(
         init_scale, scale_lr_divisor, exempt_weight_decay, input_channels, include, exclude, force,
             separable_optimizers: as for :class:`~lightning_bninit.BNInit`.
         input_norm: as for ``BNInit``, on ``model.forward`` (``True``) or a named submodule; the new layer's scale is
-            appended to the param group holding that module's first parameter (the one change to the groups), or,
-            when that group was built by :func:`~lightning_bninit.bn_param_groups`, to that optimizer's BN scale
-            group (made like ``bn_param_groups`` makes one if there is none), so it steps as every BN scale does.
+            appended to the param group holding that module's first parameter (the one change to the groups), or to
+            the optimizer's BN scale group if that group was built by :func:`~lightning_bninit.bn_param_groups`.
 
     Returns:
         A :class:`BNInitHandle`: ``remove()`` detaches the update, ``state_dict()`` / ``load_state_dict()`` resume.
 
     Raises:
-        ValueError: for a bad setting (named; a ``bool`` option takes ``True`` or ``False`` only), an optimizer that
-            already has the update attached, or ``input_norm`` on a model that ``fabric.setup`` or DDP already
-            wrapped.
+        ValueError: for a bad setting (named), an optimizer that already has the update attached, or ``input_norm``
+            on a model that ``fabric.setup`` or DDP already wrapped.
         TypeError: for something that is not an optimizer, or an optimizer holding BN parameters whose step may
             couple param groups (the message names the ways out). Nothing is changed before these checks.
 
