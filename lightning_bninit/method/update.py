@@ -247,11 +247,11 @@ class GroupSplitter:
                 continue
             made: list[_Copy] = []
             for role, overrides in plan.pieces(own_scales, remove_decay):  # type: ignore[union-attr]
-                copy = dict(group)
-                copy.update(overrides)
+                copy = {**group, **overrides}
                 if role == SCALE:
-                    overrides = {**overrides, "lr": group["lr"] / self.scale_lr_divisor}
-                    copy["lr"] = overrides["lr"]
+                    copy["lr"] = group["lr"] / self.scale_lr_divisor
+                    if track_state:
+                        overrides = {**overrides, "lr": copy["lr"]}
                 (groups if role == _OTHER else tail).append(copy)
                 if track_state:
                     made.append((copy, tuple(copy.values()), overrides))
