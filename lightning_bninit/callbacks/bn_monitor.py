@@ -20,7 +20,7 @@ from typing_extensions import override
 from lightning_bninit import _extras, compat
 from lightning_bninit.method.input_norm import InputNorm
 from lightning_bninit.method.layers import find_bn_layers, is_materialized
-from lightning_bninit.method.settings import Patterns, check_patterns
+from lightning_bninit.method.settings import Patterns, check_bool, check_patterns
 from lightning_bninit.monitoring import console, wandb_panels
 from lightning_bninit.monitoring.history import MonitorHistory
 from lightning_bninit.monitoring.hooks import XhatHook
@@ -54,8 +54,9 @@ class BNMonitor(Callback):
         exclude: patterns of BN layers not to watch.
 
     Raises:
-        ValueError: for a ``log_every_n_steps`` that is not an int >= 0 or ``None``, a bad pattern, or, at setup, a
-            second ``BNMonitor`` on the same Trainer (both would log the same keys).
+        ValueError: for a ``log_every_n_steps`` that is not an int >= 0 or ``None``, a ``bool`` option that is not
+            ``True`` or ``False`` (``plots`` also takes ``None``), a bad pattern, or, at setup, a second ``BNMonitor``
+            on the same Trainer (both would log the same keys).
         ImportError: for ``plots=True`` without matplotlib (the message names the extra to install).
 
     Example::
@@ -81,13 +82,14 @@ class BNMonitor(Callback):
             isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int) or log_every_n_steps < 0
         ):
             raise ValueError(f"log_every_n_steps must be an int >= 0 or None, got {log_every_n_steps!r}.")
+        plots = None if plots is None else check_bool(plots, "plots")
         if plots is True and not _extras.available("matplotlib"):
             raise _extras.MissingExtraError(_extras.message("matplotlib", "BNMonitor(plots=True)"))
         self.log_every_n_steps = log_every_n_steps
-        self.activations = bool(activations)
-        self.histograms = bool(histograms)
-        self.plots = _extras.available("matplotlib") if plots is None else bool(plots)
-        self.console_summary = bool(console_summary)
+        self.activations = check_bool(activations, "activations")
+        self.histograms = check_bool(histograms, "histograms")
+        self.plots = _extras.available("matplotlib") if plots is None else plots
+        self.console_summary = check_bool(console_summary, "console_summary")
         self.include = check_patterns(include, "include")
         self.exclude = check_patterns(exclude, "exclude")
 

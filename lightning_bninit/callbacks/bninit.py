@@ -10,13 +10,13 @@ from typing import Any, Union
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_bninit.callbacks.bn_monitor import BNMonitor, MonitorArg, make_monitor
+from lightning_bninit.method.schedules import cyclic_schedule_warning
 from lightning_bninit.method.settings import ExemptWeightDecay, MethodSettings, Pattern
 from lightning_bninit.method.step_hooks import RevisedUpdate
 from lightning_bninit.method.treatment import BNINIT, Treatment, add_input_norm, treat
@@ -30,7 +30,8 @@ LEGACY_STATE_KEY = "BNInit"
 class BNInit(Callback):
     r"""Revisiting Batch Norm Initialization (Davis & Frank, ECCV 2022) for any Lightning training run.
 
-    At ``setup`` of ``fit`` every batch-norm layer gets scale ``init_scale`` and shift 0. At each optimizer step, BN
+    At ``setup`` of ``fit`` every batch-norm layer at PyTorch's default gets scale ``init_scale`` and shift 0 (layers
+    built later, in ``LightningModule.setup`` or ``configure_model``, at the start of fit). At each optimizer step, BN
     scales move by exactly what the user's optimizer would move them with its learning rate divided by
     ``scale_lr_divisor``, and BN scales and shifts get no weight decay. The user's model, ``configure_optimizers``
     and LR schedulers stay as they are: the result equals an optimizer built with
@@ -56,8 +57,10 @@ class BNInit(Callback):
             (``"model.layer1.*"``); when given, only matching BN layers are treated.
         exclude: patterns of BN layers to leave entirely alone.
         force: re-initialize BN layers even when their parameters are not at PyTorch's default (scale 1, shift 0).
-            By default such layers look pretrained: their values are kept (with one warning that lists them), and
-            they still get the revised update.
+            By default such layers were initialized by someone (pretrained, or zero-initialized residual scales):
+            their values are kept (with one warning that lists them and says which) and they still get the revised
+            update. ``True`` gives every layer ``init_scale``, as in the paper. Frozen layers are decided the same way
+            (by their values), so callback order does not matter.
         separable_optimizers: optimizer classes, beyond PyTorch's own, whose ``step`` updates each param group
             independently; only for these can the update be applied exactly. Subclasses that keep the ``step`` of a
             separable class qualify without being listed.
@@ -68,7 +71,9 @@ class BNInit(Callback):
 
     Raises:
         ValueError: for an ``init_scale`` that is not a finite number > 0, a ``scale_lr_divisor`` that is not a
-            finite number >= 1, an ``exempt_weight_decay`` other than ``True``, ``False`` or ``"1d"``, a pattern that is neither a string nor a compiled ``re.Pattern``; at setup, for a
+            finite number >= 1, a ``bool`` option that is not ``True`` or ``False``, an ``exempt_weight_decay``
+            other than ``True``, ``False`` or ``"1d"``, a pattern that is neither a string nor a compiled
+            ``re.Pattern``, ``LBFGS`` in ``separable_optimizers``; at setup, for a
             second ``BNInit`` on the same Trainer, and at the start of fit for an optimizer that already has the
             update from :func:`~lightning_bninit.attach` (either would apply the update twice).
         TypeError: at the start of fit, for an optimizer holding BN parameters whose update cannot be applied exactly
@@ -183,8 +188,8 @@ class BNInit(Callback):
             add_input_norm(pl_module, self._settings, BNINIT, _info, getattr(pl_module, "example_input_array", None))
         if stage != "fit":
             return
-        # Deferred: Lightning splits in on_before_optimizer_step, see docs/design.md ("The step split").
-        self._treatment = treat(pl_module, self._settings, BNINIT, rank_zero_warn, deferred=True)
+        # Layers built later (LightningModule.setup, configure_model) are treated at the start of fit.
+        self._treatment = treat(pl_module, self._settings, BNINIT, rank_zero_warn)
         if self._restored_initial is not None:  # a state loaded before setup (rare: by hand)
             self._treatment.load_initial(self._restored_initial, rank_zero_warn, BNINIT)
             self._restored_initial = None
@@ -194,25 +199,24 @@ class BNInit(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._treatment is None:
             return
+        # After LightningModule.setup and configure_model, and after a checkpoint's weights were loaded (ckpt_path):
+        # layers built there are treated now; when resuming their values come from the checkpoint and are kept.
+        if self._treatment.add_late_layers(pl_module, BNINIT, rank_zero_warn, resuming=trainer.ckpt_path is not None):
+            self._assign_monitor(trainer)
+        self._treatment.warn_if_empty(pl_module, BNINIT, rank_zero_warn)
         for optimizer in trainer.optimizers:
             self._treatment.attach(optimizer, BNINIT)
-
-    @override
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
-    ) -> None:
-        if self._treatment is not None:
-            # LightningOptimizer wraps the optimizer whose hooks were registered.
-            self._treatment.update.arm(optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer)
+        for config in trainer.lr_scheduler_configs:
+            message = cyclic_schedule_warning(config.scheduler, self.scale_lr_divisor)
+            if message is not None:
+                rank_zero_warn(message)
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._treatment is not None:
-            self._treatment.update.disarm()  # a step the GradScaler skipped leaves nothing armed
-            if self._treatment.pending_lazy:
-                self._treatment.record_lazy(pl_module)
+        if self._treatment is not None and self._treatment.pending_lazy:
+            self._treatment.record_lazy(pl_module)
         if self._drives_monitor:
             self._monitor.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)  # type: ignore[union-attr]
 
@@ -280,10 +284,14 @@ class BNInit(Callback):
         # monitor then stays idle, so nothing is logged twice.
         given = [cb for cb in trainer.callbacks if isinstance(cb, BNMonitor)]  # type: ignore[attr-defined]
         self._drives_monitor = self._monitor is not None and not given
-        if self._monitor is not None and (self._drives_monitor or self._monitor in given):
-            self._monitor.assign(self.layer_names, self.initial_values)
+        self._assign_monitor(trainer)
         if self._drives_monitor:
             self._monitor.setup(trainer, pl_module, stage)  # type: ignore[union-attr]
+
+    def _assign_monitor(self, trainer: pl.Trainer) -> None:
+        given = [cb for cb in trainer.callbacks if isinstance(cb, BNMonitor)]  # type: ignore[attr-defined]
+        if self._monitor is not None and (self._drives_monitor or self._monitor in given):
+            self._monitor.assign(self.layer_names, self.initial_values)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lightning_bninit.method.layers import find_bn_layers, is_default_init, is_materialized, is_trainable
-from lightning_bninit.method.settings import Patterns, check_init_scale, check_patterns
+from lightning_bninit.method.settings import Patterns, check_bool, check_init_scale, check_patterns
 
 
 @dataclass
@@ -21,7 +21,8 @@ class InitReport:
     not_default: list[str] = field(default_factory=list)
     """Layers left alone because their parameters were not at PyTorch's default (pretrained or already set)."""
     frozen: list[str] = field(default_factory=list)
-    """Layers left alone because their scale does not require grad."""
+    """Layers whose scale does not require grad (now): they are initialized or kept by their values like any other,
+    since they may be unfrozen later (``BaseFinetuning``); ``exclude`` leaves a layer alone."""
     lazy: list[str] = field(default_factory=list)
     """Lazy layers not materialized yet (they are initialized on their first forward)."""
 
@@ -42,9 +43,11 @@ def init_bn_(
 ) -> InitReport:
     """Set the scale of every batch-norm layer of ``model`` to ``init_scale`` and its shift to 0.
 
-    Layers whose parameters are not at PyTorch's default (scale 1, shift 0) look pretrained and are left alone
-    unless ``force=True``; frozen layers (scale with ``requires_grad=False``) are always left alone; lazy layers
-    that are not materialized yet are initialized right after their first forward creates their parameters.
+    Which layers are set is decided by their values, never by whether they are frozen: layers whose parameters are
+    not at PyTorch's default (scale 1, shift 0) were initialized by someone (pretrained, zero-initialized residual
+    scales) and are left alone unless ``force=True``; frozen layers (``requires_grad=False``) at the default are set
+    too, since they may be unfrozen later; lazy layers that are not materialized yet are initialized right after
+    their first forward creates their parameters.
 
     Args:
         model: any ``nn.Module``.
@@ -58,8 +61,8 @@ def init_bn_(
         An :class:`InitReport` naming the layers initialized and those left alone, and why.
 
     Raises:
-        ValueError: for an ``init_scale`` that is not a finite number > 0, or a pattern that is neither a string nor a
-            compiled ``re.Pattern``.
+        ValueError: for an ``init_scale`` that is not a finite number > 0, a ``force`` that is not True or False, or a
+            pattern that is neither a string nor a compiled ``re.Pattern``.
 
     Example::
 
@@ -68,15 +71,22 @@ def init_bn_(
         assert len(report.initialized) == 20
     """
     init_scale = check_init_scale(init_scale)
+    force = check_bool(force, "force")
     layers = find_bn_layers(model, check_patterns(include, "include"), check_patterns(exclude, "exclude"))
+    return init_layers_(layers, init_scale, force)
+
+
+def init_layers_(layers: dict[str, _BatchNorm], init_scale: float, force: bool) -> InitReport:
+    """:func:`init_bn_` on these layers (by qualified name), settings already checked."""
     report = InitReport()
     for name, bn in layers.items():
         if not is_materialized(bn):
             _init_after_materialization(bn, init_scale)
             report.lazy.append(name)
-        elif not is_trainable(bn):
+            continue
+        if not is_trainable(bn):
             report.frozen.append(name)
-        elif force or is_default_init(bn):
+        if force or is_default_init(bn):
             reset_bn_(bn, init_scale)
             report.initialized.append(name)
         else:

@@ -93,8 +93,8 @@ def update_roles(
     model: nn.Module, layers: Iterable[_BatchNorm], exempt_weight_decay: ExemptWeightDecay
 ) -> dict[torch.Tensor, str]:
     """The roles the revised update gives: :func:`param_roles` of the treated ``layers`` and, with
-    ``exempt_weight_decay="1d"``, :data:`SHIFT` (the group's lr, no weight decay) for every other trainable
-    parameter of ``model`` that :func:`is_vector` (biases, BN parameters of untreated layers).
+    ``exempt_weight_decay="1d"``, :data:`SHIFT` (the group's lr, no weight decay) for every other parameter of
+    ``model`` that :func:`is_vector` (biases, BN parameters of untreated layers), frozen ones included.
 
     Raises:
         ValueError: with ``"1d"``, for a lazy parameter not materialized yet, whose shape is not known.
@@ -103,7 +103,7 @@ def update_roles(
     if exempt_weight_decay != ONE_D:
         return roles
     for name, param in model.named_parameters():
-        if param in roles or not param.requires_grad:
+        if param in roles:  # frozen ones too: they may be unfrozen later (fine-tuning), and must then be undecayed
             continue
         if isinstance(param, UninitializedParameter):
             raise ValueError(

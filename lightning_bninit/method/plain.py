@@ -17,12 +17,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
 from lightning_bninit import compat
-from lightning_bninit.method.layers import find_bn_layers, update_roles
+from lightning_bninit.method.layers import SCALE, find_bn_layers, update_roles
+from lightning_bninit.method.param_groups import GROUP_MARKER
 from lightning_bninit.method.settings import ExemptWeightDecay, MethodSettings, Patterns
 from lightning_bninit.method.step_hooks import is_attached_anywhere
 from lightning_bninit.method.input_norm import find_input_norm
 from lightning_bninit.method.treatment import ATTACH, Treatment, add_input_norm, input_module, treat
-from lightning_bninit.method.update import GroupSplitter, is_separable, unsupported_optimizer_message
+from lightning_bninit.method.update import GroupSplitter, is_separable, is_single_group, unsupported_optimizer_message
 
 _log = logging.getLogger("lightning_bninit")
 
@@ -59,7 +60,7 @@ class BNInitHandle:
 
     @property
     def optimizers(self) -> list[Optimizer]:
-        """The optimizers the update is attached to (those that hold treated BN parameters)."""
+        """The optimizers the update is attached to (every one given: BN parameters may join one later)."""
         return list(self._optimizers)
 
     def remove(self) -> None:
@@ -114,7 +115,8 @@ def attach(
         init_scale, scale_lr_divisor, exempt_weight_decay, input_channels, include, exclude, force,
             separable_optimizers: as for :class:`~lightning_bninit.BNInit`.
         input_norm: as for ``BNInit``, on ``model.forward`` (``True``) or a named submodule; the new layer's scale is
-            appended to the param group holding that module's first parameter (the one change to the groups).
+            appended to the param group holding that module's first parameter (the one change to the groups), or to
+            the optimizer's BN scale group if that group was built by :func:`~lightning_bninit.bn_param_groups`.
 
     Returns:
         A :class:`BNInitHandle`: ``remove()`` detaches the update, ``state_dict()`` / ``load_state_dict()`` resume.
@@ -141,17 +143,20 @@ def attach(
     _check_optimizers(model, settings, optimizers)
     if settings.input_norm:
         _add_trained_input_norm(model, settings, optimizers)
-    treatment = treat(model, settings, ATTACH, _warn, deferred=False)
+    treatment = treat(model, settings, ATTACH, _warn)
+    treatment.warn_if_empty(model, ATTACH, _warn)
     return BNInitHandle(model, treatment, _attach_all(treatment, optimizers))
 
 
 def _attach_all(treatment: Treatment, optimizers: list[Optimizer]) -> list[Optimizer]:
-    attached = [opt for opt in optimizers if treatment.attach(opt, ATTACH)]
-    if treatment.layer_names and not attached:
+    # Every optimizer gets the hooks: BN parameters may join one later (a param group added during training).
+    for opt in optimizers:
+        treatment.attach(opt, ATTACH)
+    if treatment.layer_names and not any(treatment.update.splitter.holds_any(opt) for opt in optimizers):
         _warn(f"attach: none of the {len(optimizers)} optimizer(s) given holds a parameter of the "
               f"{len(treatment.layer_names)} BN layer(s) it treats, so their update is unchanged (their values were "
-              "set). Pass the optimizer that trains them.")
-    return attached
+              "set) unless their parameters join one later. Pass the optimizer that trains them.")
+    return list(optimizers)
 
 
 def _unwrap_model(model: nn.Module, settings: MethodSettings) -> nn.Module:
@@ -200,7 +205,8 @@ def _check_optimizers(model: nn.Module, settings: MethodSettings, optimizers: li
                 "BNInit callback); attaching it again would apply the update twice. Call .remove() on the first "
                 "handle before attaching again."
             )
-        if probe.holds_bn_params(opt) and not is_separable(opt, settings.separable_optimizers):
+        separable = is_separable(opt, settings.separable_optimizers) and not is_single_group(type(opt))
+        if not separable and probe.needs_split(opt):
             raise TypeError(unsupported_optimizer_message(opt, ATTACH.name))
 
 
@@ -210,21 +216,41 @@ def _add_trained_input_norm(model: nn.Module, settings: MethodSettings, optimize
     held = {id(p) for opt in optimizers for group in opt.param_groups for p in group["params"]}
     if existing is not None and all(id(p) in held for p in existing.parameters() if p.requires_grad):
         return  # attached before (e.g. the same model again after remove())
-    group = _group_of_first_parameter(module, existing, optimizers, settings)  # before anything is added
+    optimizer, group = _group_of_first_parameter(module, existing, optimizers, settings)  # before anything is added
     norm, _ = add_input_norm(model, settings, ATTACH, _info)
     names = {id(p): n for n, p in model.named_parameters()}
     for param in norm.parameters():
         if param.requires_grad and id(param) not in held:
-            group["params"].append(param)
+            _add_to_group(optimizer, group, param, names[id(param)], settings)
+
+
+def _add_to_group(
+    optimizer: Optimizer, group: dict[str, Any], param: torch.Tensor, name: str, settings: MethodSettings
+) -> None:
+    # A group built by bn_param_groups is left alone by the split: the input BN's scale joins that optimizer's BN
+    # scale group (made like bn_param_groups makes one, if it has none) so that it steps as every BN scale does.
+    if GROUP_MARKER in group:
+        scales = [g for g in optimizer.param_groups if g.get(GROUP_MARKER) == SCALE]
+        if not scales:
+            made = {k: v for k, v in group.items() if k not in ("params", "param_names")}
+            made.update({"params": [], "lr": group["lr"] / settings.scale_lr_divisor, GROUP_MARKER: SCALE})
+            if settings.exempt_weight_decay:
+                made["weight_decay"] = 0.0
             if "param_names" in group:
-                group["param_names"].append(names[id(param)])
+                made["param_names"] = []
+            optimizer.add_param_group(made)
+            scales = [optimizer.param_groups[-1]]
+        group = scales[0]
+    group["params"].append(param)
+    if "param_names" in group:
+        group["param_names"].append(name)
 
 
 def _group_of_first_parameter(
     module: nn.Module, norm: _BatchNorm | None, optimizers: list[Optimizer], settings: MethodSettings
-) -> dict[str, Any]:
+) -> tuple[Optimizer, dict[str, Any]]:
     own = {id(p) for p in norm.parameters()} if norm is not None else set()
-    where = {id(p): group for opt in optimizers for group in opt.param_groups for p in group["params"]}
+    where = {id(p): (opt, group) for opt in optimizers for group in opt.param_groups for p in group["params"]}
     for param in module.parameters():
         if id(param) not in own and id(param) in where:
             return where[id(param)]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
-from torch.optim import Optimizer
+from torch.optim import LBFGS, Optimizer
 
 Pattern = Union[str, "re.Pattern[str]"]
 Patterns = Union[Pattern, Sequence[Pattern], None]
@@ -88,6 +88,34 @@ def check_patterns(value: Patterns, name: str) -> tuple[Pattern, ...]:
     return tuple(items)
 
 
+EXEMPT_WEIGHT_DECAY_VALUES: tuple[Any, ...] = (True, False)
+"""The values ``exempt_weight_decay`` takes: the one place they are declared (compared by type and value)."""
+
+
+def check_bool(value: object, name: str) -> bool:
+    """``value`` if it is ``True`` or ``False`` (what ``--bninit.<option>=false`` passes too).
+
+    Raises:
+        ValueError: for anything else (``"false"``, ``0``, ``None``, ...), naming the option and the value.
+    """
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {type(value).__name__}: {value!r}.")
+    return value
+
+
+def check_exempt_weight_decay(value: object) -> Any:
+    """``value`` if it is one of :data:`EXEMPT_WEIGHT_DECAY_VALUES`.
+
+    Raises:
+        ValueError: for anything else, naming the value and what is allowed.
+    """
+    for allowed in EXEMPT_WEIGHT_DECAY_VALUES:
+        if type(value) is type(allowed) and value == allowed:
+            return value
+    allowed_text = " or ".join(repr(v) for v in EXEMPT_WEIGHT_DECAY_VALUES)
+    raise ValueError(f"exempt_weight_decay must be {allowed_text}, got {type(value).__name__}: {value!r}.")
+
+
 def _as_real(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a real number, got {type(value).__name__}: {value!r}.")
@@ -137,6 +165,12 @@ def check_optimizer_classes(value: object) -> tuple[type[Optimizer], ...]:
                 f"separable_optimizers must hold torch.optim.Optimizer subclasses (classes, not instances), got "
                 f"{type(item).__name__}: {item!r}."
             )
+        if issubclass(item, LBFGS):
+            raise ValueError(
+                f"separable_optimizers cannot hold {item.__name__}: LBFGS steps its first param group only, so BN "
+                "scales cannot step with lr / c in a group of their own (the update would silently be the plain one). "
+                "With LBFGS pass scale_lr_divisor=1 (the initialization only), or train with a separable optimizer."
+            )
     return tuple(items)
 
 
@@ -176,7 +210,7 @@ class MethodSettings:
             input_channels=check_input_channels(input_channels),
             include=check_patterns(include, "include"),
             exclude=check_patterns(exclude, "exclude"),
-            force=bool(force),
+            force=check_bool(force, "force"),
             separable_optimizers=check_optimizer_classes(separable_optimizers),
         )
 
