@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from lightning_bninit.experiments.launchers import LAUNCHERS
+
 __all__ = ["main"]
 
 
@@ -37,7 +39,7 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--no-progress", action="store_true", help="no progress bar")
     cmp.add_argument("--dry-run", action="store_true",
                      help="print the arms (name and overrides), then the commands of the missing runs, and exit")
-    cmp.add_argument("--launcher", choices=["auto", "subprocess", "fork"],
+    cmp.add_argument("--launcher", choices=LAUNCHERS,
                      help="how each run's processes start: a fresh Python each (subprocess) or forked from workers "
                           "that import torch and Lightning once (fork); default: `launcher:` of the experiment file, "
                           "else auto (fork on Linux without GPUs)")

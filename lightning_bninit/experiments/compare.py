@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning_bninit import _extras
-from lightning_bninit.experiments.launchers import ForkLauncher, Launcher, SubprocessLauncher, resolve_launcher
+from lightning_bninit.experiments.launchers import (LAUNCHERS, ForkLauncher, Launcher, SubprocessLauncher,
+                                                    resolve_launcher)
 from lightning_bninit.experiments.results_file import ResultsFile
 from lightning_bninit.experiments.spec import BUILTIN_ARMS, Experiment, ExperimentError, load_experiment
 from lightning_bninit.experiments.trial import plan_trial, run_trial, trial_env
@@ -71,8 +72,9 @@ def run_compare(
     """
     _validate(exp, seeds, arms, parallel)
     launcher = launcher or exp.launcher
-    if launcher not in ("auto", "subprocess", "fork"):
-        raise ExperimentError(f"launcher must be 'auto', 'subprocess' or 'fork', got {launcher!r}")
+    if launcher not in LAUNCHERS:
+        raise ExperimentError(f"launcher must be one of {', '.join(map(repr, LAUNCHERS))}, got {launcher!r}; "
+                              "e.g. --launcher subprocess")
     rich_console = _extras.require("rich.console", "bninit compare")
     console = rich_console.Console(stderr=True)
     emit = log or (lambda msg: console.print(msg, markup=False, highlight=False, soft_wrap=True))
@@ -158,8 +160,7 @@ def _start_launcher(exp: Experiment, choice: str, env: dict[str, str], gpus: lis
     except ValueError as err:
         raise ExperimentError(str(err)) from None
     if name == "fork":
-        return name, ForkLauncher(exp.timeout_s, env, parallel, runs_dir / ".fork_workers", exp.preload,
-                                  exp.preload_defaults)
+        return name, ForkLauncher(exp.timeout_s, env, runs_dir / ".fork_server", exp.preload, exp.preload_defaults)
     return name, SubprocessLauncher(exp.timeout_s)
 
 

@@ -20,11 +20,12 @@ The format (paths relative to the file)::
     timeout_s: null               # per phase (fit, test)
     env: {}                       # extra environment variables for the runs
     name: null                    # the experiment's name (default: the file's stem); the runs' W&B group
-    launcher: auto                # `subprocess`: a fresh Python per phase; `fork`: forked from warm workers;
-                                  # auto: fork on Linux without GPUs, else subprocess (also --launcher)
-    preload: [sklearn.datasets]   # modules the fork workers import once, besides the defaults (torch, Lightning,
+    launcher: auto                # `subprocess`: a fresh Python per phase; `fork`: forked from a warm fork server;
+                                  # `ray`: each trial a Ray task (see `ray:`); auto: fork on Linux without GPUs,
+                                  # else subprocess (also --launcher)
+    preload: [sklearn.datasets]   # modules the fork server imports once, besides the defaults (torch, Lightning,
                                   # this package's CLI and recorder, TensorBoard, matplotlib: those installed)
-    preload_defaults: true        # false: the fork workers import only `preload`
+    preload_defaults: true        # false: the fork server imports only `preload`
     report: {metric: test_acc}    # print `bninit report` at the end (optional; also --report-metric)
 """
 
@@ -38,6 +39,7 @@ from typing import Any
 
 from lightning_bninit import _extras
 from lightning_bninit.experiments.grid import GridError, builtin_grid_values, expand_grid
+from lightning_bninit.experiments.launchers import LAUNCHERS
 from lightning_bninit.experiments.seeding import parse_seeds
 
 #: Arms available without defining them in the experiment file.
@@ -50,7 +52,6 @@ KNOWN_KEYS = frozenset({
     "keep_checkpoints", "timeout_s", "env", "report", "default_arms", "test", "grid", "name", "launcher", "preload",
     "preload_defaults",
 })
-LAUNCHERS = ("auto", "subprocess", "fork")
 
 
 class ExperimentError(ValueError):
