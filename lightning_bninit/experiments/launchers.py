@@ -90,6 +90,8 @@ class SubprocessLauncher:
     def __init__(self, timeout_s: float | None, die_with_parent: bool = False) -> None:
         self.timeout_s = timeout_s
         self.die_with_parent = die_with_parent  # a Ray task's phases: SIGKILL when the task's process dies
+        if die_with_parent:
+            forked_phase.libc()  # loaded here, not in the child between fork and exec
         self.stopping = threading.Event()
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
