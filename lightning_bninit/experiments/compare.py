@@ -238,8 +238,11 @@ def _execute_on_ray(exp: Experiment, todo: list[Pair], runs_dir: Path, results: 
     decide how many run at once. The lines are appended here, by the driver, as the tasks end."""
     from lightning_bninit.experiments import ray_backend
 
+    def warn(text: str) -> None:
+        console.print(f"warning: {text}", markup=False, highlight=False, soft_wrap=True)
+
     with _progress_bar(console, options.progress) as bar, \
-            closing(ray_backend.run_trials(exp, todo, runs_dir.resolve(), options.address)) as trials:
+            closing(ray_backend.run_trials(exp, todo, runs_dir.resolve(), options.address, warn)) as trials:
         task = bar.add_task("compare", total=len(todo))
         for pair, record in trials:
             if record is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -72,14 +72,26 @@ def connect(ray: Any, address: str | None) -> None:
                               ) from None
 
 
-def run_trials(exp: Experiment, todo: list[Pair], runs_dir: Path,
-               address: str | None = None) -> Iterator[tuple[Pair, dict[str, Any] | None]]:
+def token_auth_off() -> bool:
+    """Whether this process talks to Ray without token authentication (``RAY_AUTH_MODE`` other than ``token``)."""
+    try:
+        from ray._raylet import AuthenticationMode, get_authentication_mode
+    except ImportError:  # another Ray than the one this was written for: say nothing
+        return False
+    return get_authentication_mode() != AuthenticationMode.TOKEN
+
+
+def run_trials(exp: Experiment, todo: list[Pair], runs_dir: Path, address: str | None = None,
+               warn: Callable[[str], None] = print) -> Iterator[tuple[Pair, dict[str, Any] | None]]:
     """Run the pairs as Ray tasks; yields each pair with its results line as its task ends (``None``: cancelled).
 
     Closing the generator (Ctrl-C in the loop that reads it) cancels the tasks still running.
     """
     ray = _extras.require("ray", "launcher: ray")
     connect(ray, address if address is not None else exp.ray.address)
+    if token_auth_off():
+        warn("Ray token authentication is off (RAY_AUTH_MODE): whoever reaches the cluster's ports can run code on "
+             "it; turn it on and keep the ports behind the cluster's firewall (docs/cluster.md)")
     pending: dict[Any, Pair] = {}
     try:
         task = ray.remote(num_cpus=exp.ray.cpus, num_gpus=exp.ray.gpus, max_retries=exp.ray.retries,
