@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,41 @@ def test_compare_with_ray_missing_or_an_unreachable_cluster_gives_one_line(tmp_p
     else:
         assert "launcher: ray needs the package 'ray'" in lines[0] and "pip install 'lightning-bninit[ray]'" in lines[0]
     assert not (tmp_path / "r.jsonl").exists()
+
+
+class _Lost(Exception):
+    pass
+
+
+def _fake_ray(result):
+    """Just what `_collect` uses of Ray: `get` and the exception classes (the cluster itself: test_ray_cluster.py)."""
+    class Cancelled(Exception):
+        pass
+
+    class TaskError(Exception):
+        cause = None
+
+    def get(ref):
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    return types.SimpleNamespace(get=get, exceptions=types.SimpleNamespace(
+        TaskCancelledError=Cancelled, RayTaskError=TaskError, RayError=_Lost))
+
+
+def test_a_finished_task_brings_its_logs_into_the_drivers_trial_folder_and_a_lost_one_is_a_failed_line(tmp_path):
+    from lightning_bninit.experiments.ray_backend import _collect
+
+    exp = load_experiment(_exp(tmp_path, "ray: {retries: 2}\n"))
+    run_dir = tmp_path / "runs" / "bninit" / "seed_1"
+    out = {"record": {"seed": 1, "arm": "bninit", "test_acc": 0.9, "config": {}}, "run_dir": str(run_dir),
+           "logs": {"fit.log": "fit output\n", "fit.cmd": "python main.py fit\n"}, "node_id": "abc", "host": "n1"}
+    record = _collect(_fake_ray(out), None, (1, "bninit"), exp)
+    assert record["config"]["ray_node_id"] == "abc" and record["config"]["ray_host"] == "n1"
+    assert (run_dir / "fit.log").read_text() == "fit output\n" and (run_dir / "fit.cmd").is_file()
+    lost = _collect(_fake_ray(_Lost("NodeDiedError: Task failed because the node died. More text.\nmore")), None,
+                    (2, "standard"), exp)
+    assert lost["seed"] == 2 and lost["arm"] == "standard" and lost["config"] == {"ray_retries": 2}
+    assert lost["error"].startswith("the trial's Ray task was lost after 3 attempt(s)")
+    assert "_Lost: NodeDiedError: Task failed because the node died;" in lost["error"]

@@ -6,6 +6,7 @@ and every process it starts ends with the namespace. It starts a head and a work
 authentication, runs a compare whose trials land on both nodes, kills the worker node mid-trial (the trial is recorded
 as failed with the reason), starts a new worker node and reruns with one more seed and `retries: 1` (the worker node
 is killed mid-trial again and Ray runs that trial again on the head node): every pair ends up finished exactly once.
+A third run, with a fifth seed, is interrupted (SIGINT) mid-trial: its tasks are cancelled and nothing is written.
 Needs root, `unshare` and Ray (`pip install -e .[ray]`); skipped without them, except in CI (`CI=true`), where it
 fails instead. About 1 to 3 minutes on 2 cores.
 """
@@ -89,5 +90,13 @@ def test_a_node_that_dies_mid_trial_fails_that_trial_and_the_rerun_completes_eve
     for rec in lines:
         if "error" not in rec:  # each trial's log is in the driver's trial folder, the line names its node
             assert rec["config"]["launcher"] == "ray" and rec["config"]["ray_node_id"]
-            run_dir = Path(rec["config"]["run_dir"])
+            run_dir = Path(rec["config"]["run_dir"])  # (the trials share this machine's filesystem)
             assert (run_dir / "fit.log").is_file() and (run_dir / "fit.cmd").is_file() and (run_dir / "test.log").is_file()
+
+
+def test_ctrl_c_cancels_the_running_trials_and_writes_nothing(cluster_run):
+    run, _ = cluster_run
+    stop = run["run3_interrupt"]
+    assert stop["rc"] == 130 and stop["left"] == []  # compare ended; the trial's processes died with their task
+    assert run["run3_lines"] == run["lines"]  # no line for the fifth seed
+    assert "bninit: interrupted" in run["compare3.log"]

@@ -34,14 +34,14 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _RETURNED = ("fit.log", "test.log", "fit.cmd", "test.cmd")
 
 
-def _host(address: str) -> str:
-    return address.split("://", 1)[-1].rpartition(":")[0].strip("[]")
+def _host_port(address: str) -> tuple[str, str]:
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    return host.strip("[]"), port
 
 
 def check_reachable(address: str, timeout_s: float = _CONNECT_TIMEOUT_S) -> None:
     """Fail fast, in one line naming it, when nothing accepts connections at ``address`` (``host:port``)."""
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
-    host = host.strip("[]")
+    host, port = _host_port(address)
     if not host or not port.isdigit():
         raise ExperimentError(f"Ray address {address!r} is not host:port (e.g. 10.1.2.3:6379) or 'auto'; "
                               "pass the head node's address with --address or `ray: {address: ...}`")
@@ -60,7 +60,7 @@ def connect(ray: Any, address: str | None) -> None:
         options.update(_node_ip_address="127.0.0.1", include_dashboard=False)
     elif address != "auto":
         check_reachable(address)
-        if _host(address) in _LOOPBACK:  # a cluster on this machine: no need to look for this node's address
+        if _host_port(address)[0] in _LOOPBACK:  # a cluster on this machine: no need to look for this node's address
             options["_node_ip_address"] = "127.0.0.1"
     try:
         ray.init(address=address, **options)

@@ -6,8 +6,9 @@ leaves it (outside such a namespace Ray binds all interfaces and probes an outsi
 
 Starts a head node and a worker node (``ray start``, token authentication on), checks that a driver with a wrong
 token is refused, runs a small ``bninit compare`` whose trials land on both nodes, kills the worker node (its raylet
-and every process under it) in the middle of a trial, reruns the same command, stops the cluster and writes what
-happened to SUMMARY.json for the test to check. Every wait is bounded; the namespace's processes all end with it.
+and every process under it) in the middle of a trial, starts a new worker node and reruns (one more seed, retries
+on) with the worker node killed mid-trial again, interrupts a third run (SIGINT) in the middle of a trial, stops the
+cluster and writes what happened to SUMMARY.json for the test to check. Every wait is bounded; the namespace's processes all end with it.
 """
 
 from __future__ import annotations
@@ -66,6 +67,20 @@ def _processes() -> dict[int, tuple[int, list[str]]]:
             except (OSError, IndexError, ValueError):
                 continue
     return out
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, left to this namespace's first process, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _fits() -> list[int]:
+    """The trial processes in their fit (fake_cli.py fit) on any node."""
+    return [pid for pid, (_, cmd) in _processes().items()
+            if any(a.endswith("fake_cli.py") for a in cmd) and "fit" in cmd and _alive(pid)]
 
 
 def _worker_raylet() -> tuple[int, str]:
@@ -130,6 +145,22 @@ def _kill_worker_mid_trial(out: Path, worker: tuple[int, str], driver: subproces
                      f"{driver.poll()})")
 
 
+def _interrupt_mid_trial(driver: subprocess.Popen, deadline: float) -> dict:
+    """Ctrl-C (SIGINT) to compare while a trial is in its fit: compare ends, the trial's processes are gone."""
+    while time.monotonic() < deadline and driver.poll() is None:
+        running = _fits()
+        if running:
+            driver.send_signal(signal.SIGINT)
+            start = time.monotonic()
+            rc = driver.wait(timeout=120)
+            while time.monotonic() - start < 60 and any(_alive(pid) for pid in running):
+                time.sleep(0.1)
+            return {"rc": rc, "left": [pid for pid in running if _alive(pid)],
+                    "stopped_in_s": round(time.monotonic() - start, 1)}
+        time.sleep(0.1)
+    raise SystemExit(f"no trial was in its fit before compare ended (exit code {driver.poll()})")
+
+
 def _wrong_token_refused(exp: Path, work: Path, env: dict[str, str]) -> dict:
     """A driver without the cluster's token gets one line from bninit compare, not a connection or a hang."""
     wrong = work / "wrong_token"
@@ -175,8 +206,12 @@ def main() -> None:
         summary["run2_rc"] = second.wait(timeout=180)
         summary["run2_s"] = round(time.monotonic() - t2, 1)
         summary["lines"] = _lines(out)
+        # 3. Ctrl-C in the middle of a trial of a fifth seed: its tasks are cancelled and nothing is written.
+        third = _compare(retry, out, env, work / "compare3.log", "--seeds", "1-5")
+        summary["run3_interrupt"] = _interrupt_mid_trial(third, time.monotonic() + 150)
+        summary["run3_lines"] = _lines(out)
     finally:
-        for name in ("compare1.log", "compare2.log"):
+        for name in ("compare1.log", "compare2.log", "compare3.log"):
             summary[name] = (work / name).read_text()[-4000:] if (work / name).exists() else ""
         summary_path.write_text(json.dumps(summary, indent=1))
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=60)
