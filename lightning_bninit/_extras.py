@@ -14,6 +14,7 @@ EXTRA_OF = {
     "numpy": "experiments",
     "matplotlib": "experiments",
     "rich": "experiments",
+    "ray": "ray",
 }
 PIP_NAME = {"yaml": "pyyaml"}
 

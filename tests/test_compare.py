@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(params=["subprocess", "fork"])
 def launcher(request):
-    """Both launchers; the fork workers preload nothing here (the fake script needs neither torch nor Lightning)."""
+    """Both launchers; the fork server preloads nothing here (the fake script needs neither torch nor Lightning)."""
     return request.param
 
 

@@ -229,4 +229,4 @@ def test_launcher_option_overrides_the_file_and_is_recorded(make_exp, tmp_path, 
     assert _compare(make_exp(), out, "--arms", "standard", "--launcher", other) == 0
     assert _lines(out)[0]["config"]["launcher"] == other
     fit = json.loads((tmp_path / "r_runs" / "standard" / "seed_1" / "fit_env.json").read_text())
-    assert (fit["ppid"] != os.getpid()) == (other == "fork")  # a fork worker's child, or compare's own
+    assert (fit["ppid"] != os.getpid()) == (other == "fork")  # a fork server's child, or compare's own

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -27,7 +28,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _fork(tmp_path: Path, preload: tuple[str, ...] = (), timeout_s: float | None = None, **env: str) -> ForkLauncher:
-    return ForkLauncher(timeout_s, _env(**env), 1, tmp_path / "workers", preload=preload, preload_defaults=False)
+    return ForkLauncher(timeout_s, _env(**env), tmp_path / "server", preload=preload, preload_defaults=False)
 
 
 def _gone(pid: int, within_s: float = 10.0) -> bool:
@@ -65,9 +66,9 @@ def test_a_forked_phase_is_a_process_of_its_own(tmp_path, monkeypatch):
             log = (tmp_path / f"{i}.log").read_text()
             assert "probe stdout" in log and "probe stderr" in log  # both streams in the phase's own log
             assert (tmp_path / f"{i}.cmd").read_text().startswith(sys.executable)  # to rerun by hand
-        worker_pid = launcher._all[0].proc.pid
+        server_pid = launcher._server._forkserver_pid
         first, second = infos
-        assert first["pid"] != second["pid"] and first["ppid"] == second["ppid"] == worker_pid  # one worker, 2 forks
+        assert first["pid"] != second["pid"] and first["ppid"] == second["ppid"] == server_pid  # one server, 2 forks
         assert first["sid"] == first["pid"]  # a session of its own: Ctrl-C does not reach it, its group is killable
         assert first["argv"] == [str(PROBE), str(tmp_path / "probe0.json"), "--exit", "0"]
         assert first["path0"] == str(SUPPORT) and first["cwd"] == str(tmp_path) and first["name"] == "__main__"
@@ -102,7 +103,7 @@ def test_exit_codes_and_exit_handlers_are_those_of_a_fresh_process(tmp_path, fla
 
 def test_thread_setting_of_the_script_applies_as_in_a_fresh_process(tmp_path):
     """A script that sets OMP_NUM_THREADS before importing torch (examples/digits/main.py does) gets as many threads
-    as in a fresh process, also when the fork worker imported torch before the script ran."""
+    as in a fresh process, also when the fork server imported torch before the script ran."""
     got: dict[str, list[int]] = {}
     for kind in ("subprocess", "fork"):
         launcher = SubprocessLauncher(None) if kind == "subprocess" else _fork(tmp_path, preload=("torch",))
@@ -141,7 +142,7 @@ def test_stop_all_and_timeout_kill_the_phase(tmp_path):
     launcher.close()
 
 
-def test_a_dying_worker_fails_its_phase_and_is_replaced(tmp_path):
+def test_a_dying_server_fails_its_phase_and_is_replaced(tmp_path):
     launcher = _fork(tmp_path)
     try:
         result = {}
@@ -149,32 +150,32 @@ def test_a_dying_worker_fails_its_phase_and_is_replaced(tmp_path):
             [sys.executable, str(PROBE), str(tmp_path / "a.json"), "--sleep", "60"], tmp_path / "a.log", _env())))
         thread.start()
         pid = _wait_for(tmp_path / "a.json")["pid"]
-        os.kill(launcher._all[0].proc.pid, signal.SIGKILL)
+        first_server = launcher._server._forkserver_pid
+        os.kill(first_server, signal.SIGKILL)
         thread.join(30)
         rc, why = result["r"]
-        assert rc == 1 and "the fork worker died" in why and _gone(pid)
+        assert rc == 1 and "the fork server died" in why and _gone(pid)
         assert launcher.run([sys.executable, str(PROBE), str(tmp_path / "b.json")], tmp_path / "b.log", _env()) == (
             0, "")
-        assert len(launcher._all) == 2
+        assert launcher._server._forkserver_pid != first_server  # a new server
     finally:
         launcher.close()
 
 
 def test_closing_the_launcher_stops_a_running_phase(tmp_path):
-    """The workers stop their child when the parent goes away (their stdin closes)."""
+    """The server stops its children when it goes away (when the parent does, its "alive" pipe closes)."""
     launcher = _fork(tmp_path)
     thread = threading.Thread(target=launcher.run, args=(
         [sys.executable, str(PROBE), str(tmp_path / "a.json"), "--sleep", "60"], tmp_path / "a.log", _env()))
     thread.start()
     pid = _wait_for(tmp_path / "a.json")["pid"]
-    launcher._all[0].proc.stdin.close()
+    launcher.close()
     assert _gone(pid, 20)
     thread.join(30)
-    launcher.close()
 
 
 @pytest.mark.parametrize(("preload", "expect"), [
-    (("no_such_module_xyz",), "the fork worker could not start: preload: cannot import 'no_such_module_xyz'"),
+    (("no_such_module_xyz",), "the fork server could not preload 'no_such_module_xyz': ModuleNotFoundError"),
     (("fake_cuda_torch",), "a preloaded module initialized CUDA, so forked children could not use it"),
 ])
 def test_a_worker_that_cannot_start_fails_the_phase_with_the_reason(tmp_path, preload, expect):
@@ -196,3 +197,27 @@ def test_auto_launcher(monkeypatch):
     monkeypatch.delattr(os, "fork")
     with pytest.raises(ValueError, match="launcher 'fork' needs os.fork"):
         resolve_launcher("fork", [])
+
+
+def test_a_user_script_that_calls_run_compare_works_with_the_fork_launcher(tmp_path):
+    """The standard fork server would import the parent's ``__main__`` again in every child (here: the script itself,
+    which has no ``if __name__ == "__main__"`` guard); the fork launcher's children never do."""
+    (tmp_path / "base.yaml").write_text("trainer: {}\n")
+    (tmp_path / "exp.yaml").write_text(f"script: {SUPPORT / 'fake_cli.py'}\nconfig: base.yaml\nmetrics: [test_acc]\n"
+                                       "launcher: fork\npreload_defaults: false\n")
+    script = tmp_path / "my_experiment.py"
+    script.write_text(
+        "import sys\n"
+        "from lightning_bninit.experiments.compare import load_experiment, run_compare\n"
+        "print('the user script ran', flush=True)\n"
+        "counts = run_compare(load_experiment(sys.argv[1]), [1, 2], ['standard', 'bninit'], sys.argv[2], parallel=2,\n"
+        "                     progress=False)\n"
+        "print(counts, flush=True)\n")
+    (tmp_path / "calls.txt").touch()
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "exp.yaml"), str(tmp_path / "res.jsonl")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env=_env(FAKE_CALLS=str(tmp_path / "calls.txt")))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("the user script ran") == 1 and "'ok': 4" in proc.stdout
+    lines = [json.loads(line) for line in (tmp_path / "res.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and all(r["config"]["launcher"] == "fork" and "error" not in r for r in lines)

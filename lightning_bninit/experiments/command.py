@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from lightning_bninit.experiments.launchers import LAUNCHERS
+
 __all__ = ["main"]
 
 
@@ -37,10 +39,13 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--no-progress", action="store_true", help="no progress bar")
     cmp.add_argument("--dry-run", action="store_true",
                      help="print the arms (name and overrides), then the commands of the missing runs, and exit")
-    cmp.add_argument("--launcher", choices=["auto", "subprocess", "fork"],
-                     help="how each run's processes start: a fresh Python each (subprocess) or forked from workers "
-                          "that import torch and Lightning once (fork); default: `launcher:` of the experiment file, "
-                          "else auto (fork on Linux without GPUs)")
+    cmp.add_argument("--launcher", choices=LAUNCHERS,
+                     help="how each run's processes start: a fresh Python each (subprocess), forked from a server "
+                          "that imports torch and Lightning once (fork), or each trial a task on a Ray cluster (ray); "
+                          "default: `launcher:` of the experiment file, else auto (fork on Linux without GPUs)")
+    cmp.add_argument("--address", metavar="HOST:PORT",
+                     help="with --launcher ray: the Ray cluster's head (host:port, or auto); default: `ray: "
+                          "{address:}` of the experiment file, else a local Ray on 127.0.0.1 (docs/cluster.md)")
     cmp.add_argument("--report-metric", metavar="METRIC",
                      help="print the report for METRIC when done (default: `report:` of the experiment file)")
 
@@ -182,7 +187,8 @@ def _compare(args: argparse.Namespace) -> int:
     from lightning_bninit.experiments.compare import run_compare
 
     counts = run_compare(exp, seeds, arms, args.out, parallel=args.parallel, runs_dir=args.runs_dir,
-                         progress=not args.no_progress, launcher=args.launcher)
+                         progress=not args.no_progress, launcher=args.launcher,
+                         address=args.address)
     print(f"compare: {counts['ok']} finished, {counts['failed']} failed, {counts['skipped']} already done "
           f"(of {counts['total']}); results in {args.out}", file=sys.stderr)
     metric = args.report_metric or exp.report.get("metric")

@@ -12,13 +12,15 @@ import os
 import queue
 import subprocess
 from collections.abc import Callable
+from contextlib import closing
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lightning_bninit import _extras
-from lightning_bninit.experiments.launchers import ForkLauncher, Launcher, SubprocessLauncher, resolve_launcher
+from lightning_bninit.experiments.launchers import (LAUNCHERS, ForkLauncher, Launcher, SubprocessLauncher,
+                                                    resolve_launcher)
 from lightning_bninit.experiments.results_file import ResultsFile
 from lightning_bninit.experiments.spec import BUILTIN_ARMS, Experiment, ExperimentError, load_experiment
 from lightning_bninit.experiments.trial import plan_trial, run_trial, trial_env
@@ -46,6 +48,7 @@ def run_compare(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     launcher: str | None = None,
+    address: str | None = None,
 ) -> dict[str, int]:
     """Run every missing (seed, arm) pair and append its line to ``out``.
 
@@ -60,7 +63,10 @@ def run_compare(
         runs_dir: where run directories go (default: ``<out without suffix>_runs``).
         progress: show a progress bar with runs done / total and the time left.
         log: where to send one-line messages (default: stderr).
-        launcher: ``auto``, ``subprocess`` or ``fork`` (default: the experiment's ``launcher``).
+        launcher: one of :data:`~lightning_bninit.experiments.launchers.LAUNCHERS` (default: the experiment's
+            ``launcher``).
+        address: with ``launcher="ray"``, the Ray cluster (default: ``ray.address`` of the experiment; none: a local
+            Ray on 127.0.0.1).
 
     Returns:
         Counts: ``total``, ``skipped`` (already finished), ``ok``, ``failed``.
@@ -70,9 +76,7 @@ def run_compare(
         KeyboardInterrupt: after stopping the running children; finished lines are kept.
     """
     _validate(exp, seeds, arms, parallel)
-    launcher = launcher or exp.launcher
-    if launcher not in ("auto", "subprocess", "fork"):
-        raise ExperimentError(f"launcher must be 'auto', 'subprocess' or 'fork', got {launcher!r}")
+    launcher = _launcher_choice(launcher or exp.launcher, address)
     rich_console = _extras.require("rich.console", "bninit compare")
     console = rich_console.Console(stderr=True)
     emit = log or (lambda msg: console.print(msg, markup=False, highlight=False, soft_wrap=True))
@@ -86,7 +90,7 @@ def run_compare(
         emit(f"{counts['skipped']} of {len(plan.pairs)} runs already finished in {out}; skipping them")
     if plan.todo:
         runs = Path(runs_dir) if runs_dir else out.with_name(out.stem + "_runs")
-        _execute(exp, plan.todo, runs, results, _Options(parallel, launcher, progress), counts, console)
+        _execute(exp, plan.todo, runs, results, _Options(parallel, launcher, progress, address), counts, console)
     return counts
 
 
@@ -95,6 +99,7 @@ class _Options:
     parallel: int
     launcher: str
     progress: bool
+    address: str | None = None
 
 
 def _validate(exp: Experiment, seeds: list[int], arms: list[str], parallel: int) -> None:
@@ -105,6 +110,16 @@ def _validate(exp: Experiment, seeds: list[int], arms: list[str], parallel: int)
         raise ExperimentError(f"no seeds: pass --seeds (e.g. 1-15) or set 'seeds:' in {exp.path}")
     if parallel < 1:
         raise ExperimentError(f"--parallel must be >= 1, got {parallel}")
+
+
+def _launcher_choice(launcher: str, address: str | None) -> str:
+    if address is not None and launcher != "ray":
+        raise ExperimentError(f"--address {address} is for the Ray launcher; add --launcher ray (or set "
+                              "`launcher: ray` in the experiment file)")
+    if launcher not in LAUNCHERS:
+        raise ExperimentError(f"launcher must be one of {', '.join(map(repr, LAUNCHERS))}, got {launcher!r}; "
+                              "e.g. --launcher subprocess")
+    return launcher
 
 
 def _plan(exp: Experiment, seeds: list[int], arms: list[str], results: ResultsFile) -> _Plan:
@@ -156,14 +171,16 @@ def _start_launcher(exp: Experiment, choice: str, env: dict[str, str], gpus: lis
     except ValueError as err:
         raise ExperimentError(str(err)) from None
     if name == "fork":
-        return name, ForkLauncher(exp.timeout_s, env, parallel, runs_dir / ".fork_workers", exp.preload,
-                                  exp.preload_defaults)
+        return name, ForkLauncher(exp.timeout_s, env, runs_dir / ".fork_server", exp.preload, exp.preload_defaults)
     return name, SubprocessLauncher(exp.timeout_s)
 
 
 def _execute(exp: Experiment, todo: list[Pair], runs_dir: Path, results: ResultsFile, options: _Options,
              counts: dict[str, int], console: Any) -> None:
     """Run the pairs on ``parallel`` worker slots; append each line as it finishes; stop children on Ctrl-C."""
+    if options.launcher == "ray":
+        _execute_on_ray(exp, todo, runs_dir, results, options, counts, console)
+        return
     gpus = gpu_ids()
     env = child_env(exp, options.parallel, gpus)
     launcher, children = _start_launcher(exp, options.launcher, env, gpus, options.parallel, runs_dir)
@@ -213,6 +230,26 @@ def _run_jobs(job: Callable[[int, str], dict[str, Any] | None], todo: list[Pair]
     pool.shutdown(wait=True)
 
 
+def _execute_on_ray(exp: Experiment, todo: list[Pair], runs_dir: Path, results: ResultsFile, options: _Options,
+                    counts: dict[str, int], console: Any) -> None:
+    """Each pair a Ray task (:mod:`~lightning_bninit.experiments.ray_backend`); Ray's resources, not ``parallel``,
+    decide how many run at once. The lines are appended here, by the driver, as the tasks end."""
+    from lightning_bninit.experiments import ray_backend
+
+    def warn(text: str) -> None:
+        console.print(f"warning: {text}", markup=False, highlight=False, soft_wrap=True)
+
+    with _progress_bar(console, options.progress) as bar, \
+            closing(ray_backend.run_trials(exp, todo, runs_dir.resolve(), options.address, warn)) as trials:
+        task = bar.add_task("compare", total=len(todo))
+        for pair, record in trials:
+            if record is not None:
+                record["config"]["launcher"] = "ray"
+                results.append(record)
+                _report_record(record, pair, exp, counts, bar)
+            bar.advance(task)
+
+
 def _progress_bar(console: Any, progress: bool) -> Any:
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
@@ -231,8 +268,12 @@ def _report_done(fut: Future, pair: Pair, results: ResultsFile, exp: Experiment,
         record = {"seed": seed, "arm": arm, "error": f"compare internal error: {err!r}", "duration_s": 0.0,
                   "config": {}}
         results.append(record)
-    if record is None:
-        return
+    if record is not None:
+        _report_record(record, pair, exp, counts, bar)
+
+
+def _report_record(record: dict[str, Any], pair: Pair, exp: Experiment, counts: dict[str, int], bar: Any) -> None:
+    seed, arm = pair
 
     def say(text: str) -> None:
         bar.console.print(text, markup=False, highlight=False, soft_wrap=True)

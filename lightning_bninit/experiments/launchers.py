@@ -1,19 +1,23 @@
-"""How ``bninit compare`` starts the processes of a trial phase: a fresh Python each time, or a fork of a warm worker.
+"""How ``bninit compare`` starts the processes of a trial phase: a fresh Python each time, or a fork of a warm server.
 
 Both launchers run one command line (``python script.py fit ...``) with its output in a log file, return its exit
 code, stop it after ``timeout_s`` and stop everything on Ctrl-C. Every phase is a process of its own, in a session of
 its own (Ctrl-C reaches only the parent, which stops the children with their process groups).
 
 - :class:`SubprocessLauncher`: ``subprocess.Popen`` of the command line; each phase imports torch and Lightning.
-- :class:`ForkLauncher`: one :mod:`~lightning_bninit.experiments.fork_worker` per parallel slot imports them once;
-  each phase is a child forked from an idle worker that runs the script with ``runpy``. The workers never touch CUDA.
+- :class:`ForkLauncher`: the standard library's fork server (:mod:`multiprocessing.forkserver`) imports them once;
+  each phase is a child forked from it that runs the script with ``runpy`` (:mod:`~lightning_bninit.experiments.
+  forked_phase`). The server never touches CUDA.
+
+The third way, ``launcher: ray``, runs whole trials as Ray tasks (:mod:`~lightning_bninit.experiments.ray_backend`);
+:data:`LAUNCHERS` is the one list of the choices, for the experiment file, the command line and here.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import queue
+import pickle
 import select
 import shlex
 import signal
@@ -21,14 +25,19 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["ForkLauncher", "Launcher", "SubprocessLauncher", "resolve_launcher"]
+from lightning_bninit.experiments import forked_phase
+
+__all__ = ["LAUNCHERS", "ForkLauncher", "Launcher", "SubprocessLauncher", "resolve_launcher"]
+
+#: The launchers of ``bninit compare``: ``launcher:`` of the experiment file and ``--launcher`` accept these.
+LAUNCHERS = ("auto", "subprocess", "fork", "ray")
 
 _TERM_GRACE_S, _KILL_GRACE_S = 10.0, 5.0
-#: What the fork workers import unless ``preload_defaults: false`` (each only if installed): torch, Lightning, this
+#: What the fork server imports unless ``preload_defaults: false`` (each only if installed): torch, Lightning, this
 #: package's CLI flag and run recorder, and what a run loads on its way otherwise (Lightning's default logger is
 #: TensorBoard's when it is installed; the BN monitor plots with matplotlib).
 DEFAULT_PRELOAD = ("torch", "lightning.pytorch", "lightning_bninit.cli", "lightning_bninit.experiments.recorder",
@@ -47,15 +56,18 @@ class Launcher(Protocol):
         """Stop every running phase (Ctrl-C); later runs return at once."""
 
     def close(self) -> None:
-        """Release the launcher's resources (the fork workers)."""
+        """Release the launcher's resources (the fork server)."""
 
 
 def resolve_launcher(choice: str, gpus: list[str]) -> str:
     """``auto`` is ``fork`` on Linux without visible GPUs (measured there), ``subprocess`` elsewhere.
 
     Raises:
-        ValueError: ``fork`` where ``os.fork`` does not exist.
+        ValueError: a choice not in :data:`LAUNCHERS`; ``fork`` where ``os.fork`` does not exist.
     """
+    if choice not in LAUNCHERS:
+        raise ValueError(f"launcher must be one of {', '.join(map(repr, LAUNCHERS))}, got {choice!r}; "
+                         "e.g. `launcher: subprocess` in the experiment file or --launcher subprocess")
     if choice == "fork" and not hasattr(os, "fork"):
         raise ValueError(f"launcher 'fork' needs os.fork (POSIX), not available on {sys.platform}; "
                          "use launcher: subprocess")
@@ -75,8 +87,11 @@ class SubprocessLauncher:
         timeout_s: per phase, or ``None``.
     """
 
-    def __init__(self, timeout_s: float | None) -> None:
+    def __init__(self, timeout_s: float | None, die_with_parent: bool = False) -> None:
         self.timeout_s = timeout_s
+        self.die_with_parent = die_with_parent  # a Ray task's phases: SIGKILL when the task's process dies
+        if die_with_parent:
+            forked_phase.libc()  # loaded here, not in the child between fork and exec
         self.stopping = threading.Event()
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
@@ -88,7 +103,8 @@ class SubprocessLauncher:
         _write_cmd(cmd, log)
         with open(log, "wb") as fh:
             # A new session: Ctrl-C reaches only the parent, which then stops the children itself.
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    preexec_fn=forked_phase.die_with_parent if self.die_with_parent else None)
             with self._lock:
                 self._procs.add(proc)
             try:
@@ -126,91 +142,33 @@ class SubprocessLauncher:
         pass
 
 
-_TIMEOUT = object()
+
+_TIMEOUT, _SERVER_DIED = object(), object()
 
 
-class _Replies:
-    """JSON lines from a worker's stdout, with a timeout."""
+class _Child:
+    """A phase forked by the server: its pid, and the pipe on which the server sends its exit code."""
 
-    def __init__(self, fd: int) -> None:
-        self.fd, self.buffer, self.eof = fd, b"", False
+    def __init__(self, pid: int, status_fd: int) -> None:
+        self.pid, self.status_fd = pid, status_fd
 
-    def next(self, timeout: float | None) -> Any:
-        """The next message; ``None`` at EOF, ``_TIMEOUT`` when none came in ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while b"\n" not in self.buffer:
-            if self.eof:
-                return None
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return _TIMEOUT
-            if not select.select([self.fd], [], [], left)[0]:
-                return _TIMEOUT
-            data = os.read(self.fd, 65536)
-            self.eof = not data
-            self.buffer += data
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return json.loads(line)
+    def wait(self, timeout: float | None) -> Any:
+        """The exit code; ``_TIMEOUT`` if it runs longer than ``timeout``, ``_SERVER_DIED`` if the server died."""
+        from multiprocessing import forkserver
 
-
-class _Worker:
-    """One fork worker process and the phase it runs (one at a time)."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log
-        with open(log, "ab") as fh:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=fh, env=env,
-                                         start_new_session=True)
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.replies = _Replies(self.proc.stdout.fileno())
-        self.lock = threading.Lock()  # guards writes and `child`
-        self.child: int | None = None  # pid of the running phase
-        self.idle = threading.Event()
-        self.idle.set()
-        self.ready: dict[str, Any] | None = None
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None and not self.replies.eof
-
-    def send(self, message: dict[str, Any]) -> bool:
-        assert self.proc.stdin is not None
+        if not select.select([self.status_fd], [], [], timeout)[0]:
+            return _TIMEOUT
         try:
-            self.proc.stdin.write((json.dumps(message) + "\n").encode())
-            self.proc.stdin.flush()
-            return True
-        except (BrokenPipeError, ValueError, OSError):
-            return False
-
-    def wait_ready(self) -> str | None:
-        """Wait for the worker's imports; an error message if it could not start."""
-        if self.ready is None:
-            msg = self.replies.next(None)
-            if not isinstance(msg, dict) or not msg.get("ready"):
-                error = msg.get("error") if isinstance(msg, dict) else "it exited"
-                return f"the fork worker could not start: {error} (its log: {self.log})"
-            self.ready = msg
-        return None
+            return forkserver.read_signed(self.status_fd)
+        except (EOFError, OSError):
+            return _SERVER_DIED
 
     def signal(self, sig: int) -> None:
-        """Signal the running phase's process group through the worker, which knows whether it is still there (and
-        gets the signal after the phase's request, so a phase being started is stopped too)."""
-        with self.lock:
-            if not self.idle.is_set() and not self.send({"signal": int(sig)}) and self.child is not None:
-                _killpg(self.child, sig)  # the worker is gone; the child may not be
+        """``sig`` to the phase's process group (it leads it from before its pid is known here)."""
+        _killpg(self.pid, sig)
 
     def close(self) -> None:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.close()  # EOF: the worker stops its child, if any, and exits
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=_TERM_GRACE_S + _KILL_GRACE_S)
-        except subprocess.TimeoutExpired:
-            _killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        os.close(self.status_fd)
 
 
 def _killpg(pid: int, sig: int) -> None:
@@ -221,103 +179,149 @@ def _killpg(pid: int, sig: int) -> None:
 
 
 class ForkLauncher:
-    """Each phase a child forked from a warm worker (see the module docstring).
+    """Each phase a child of a fork server that imported torch and Lightning once (see the module docstring).
 
     Args:
         timeout_s: per phase, or ``None``.
-        env: the workers' environment (the trials' common one: thread counts are set before torch is imported).
-        workers: how many workers (the number of phases run at once).
-        log_dir: where the workers' own logs go.
-        preload: modules the workers import (each must import).
+        env: the server's environment (the trials' common one: thread counts are set before torch is imported).
+        log_dir: where the server's own log goes (its stderr: import warnings, a crash).
+        preload: modules the server imports (each must import: the first phase fails with the reason otherwise).
         preload_defaults: also import :data:`DEFAULT_PRELOAD`, those installed.
     """
 
-    def __init__(self, timeout_s: float | None, env: dict[str, str], workers: int, log_dir: Path,
-                 preload: Sequence[str] = (), preload_defaults: bool = True) -> None:
+    def __init__(self, timeout_s: float | None, env: dict[str, str], log_dir: Path, preload: Sequence[str] = (),
+                 preload_defaults: bool = True) -> None:
+        from multiprocessing import forkserver
+
         self.timeout_s = timeout_s
         self.stopping = threading.Event()
-        self._env, self._log_dir = env, log_dir
-        self._argv = [sys.executable, "-m", "lightning_bninit.experiments.fork_worker", "--preload", ",".join(preload),
-                      "--try-preload", ",".join(DEFAULT_PRELOAD if preload_defaults else ())]
+        self._env, self._required = dict(env), list(preload)
+        self._optional = [m for m in DEFAULT_PRELOAD if preload_defaults and m not in self._required]
         log_dir.mkdir(parents=True, exist_ok=True)
-        self._count = 0
-        self._all: list[_Worker] = []
-        self._idle: queue.Queue[_Worker] = queue.Queue()
-        for _ in range(workers):  # all start importing at once
-            self._idle.put(self._new_worker())
+        self._log = log_dir / "fork_server.log"
+        self._lock = threading.Lock()  # guards starting phases, `_running` and the server
+        self._running: dict[int, _Child] = {}
+        self._server = forkserver.ForkServer()
+        self._server.set_forkserver_preload([forked_phase.__name__, *self._optional, *self._required])
+        self.error: str | None = None
+        self.preloaded: list[str] = []
+        self._ensure_server()
 
-    def _new_worker(self) -> _Worker:
-        self._count += 1
-        worker = _Worker(self._argv, self._env, self._log_dir / f"fork_worker_{self._count}.log")
-        self._all.append(worker)
-        return worker
+    def _server_alive(self) -> bool:
+        pid = self._server._forkserver_pid  # noqa: SLF001 - the standard library's fork server, ours alone
+        return pid is not None and os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+
+    def _ensure_server(self) -> None:
+        """Start the server (again, if it died) with the trials' environment and its stderr in its log, then probe
+        what it imported: ``self.error`` says why phases cannot run."""
+        if self._server_alive():
+            return
+        saved_env, saved_err = dict(os.environ), os.dup(2)
+        log_fd = os.open(self._log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.environ.clear()
+            os.environ.update(self._env)
+            os.dup2(log_fd, 2)
+            self._server.ensure_running()
+        finally:
+            os.dup2(saved_err, 2)
+            os.close(saved_err)
+            os.close(log_fd)
+            os.environ.clear()
+            os.environ.update(saved_env)
+        self.error = self._probe()
+
+    def _spawn(self, obj: Any) -> tuple[int, int, int]:
+        """Ask the server for a child that becomes ``obj``; ``(pid, status fd, read end of the fd it inherits)``."""
+        read_fd, write_fd = os.pipe()
+        try:
+            status_fd, data_fd = self._server.connect_to_new_process([write_fd])
+        finally:
+            os.close(write_fd)
+        with open(data_fd, "wb") as fh:
+            fh.write(pickle.dumps({}) + pickle.dumps(obj))  # no preparation data: see forked_phase
+        from multiprocessing import forkserver
+
+        return forkserver.read_signed(status_fd), status_fd, read_fd
+
+    def _probe(self) -> str | None:
+        pid, status_fd, read_fd = self._spawn(forked_phase.Probe(self._required, self._optional))
+        data = b""
+        while chunk := os.read(read_fd, 65536):
+            data += chunk
+        os.close(read_fd)
+        _Child(pid, status_fd).close()
+        where = f"(its log: {self._log})"
+        try:
+            report = json.loads(data)
+        except json.JSONDecodeError:
+            return f"the fork server did not start {where}"
+        self.preloaded = report["preloaded"]
+        if report["errors"]:
+            name, why = next(iter(report["errors"].items()))
+            return f"the fork server could not preload {name!r}: {why}; fix it or remove it from 'preload' {where}"
+        if report["cuda"]:
+            return ("a preloaded module initialized CUDA, so forked children could not use it; "
+                    "remove it from 'preload' or use `launcher: subprocess`")
+        return None
 
     def run(self, cmd: list[str], log: Path, env: dict[str, str]) -> tuple[int | None, str]:
-        """Run ``cmd`` in a child of an idle worker; returns ``(exit code, why)`` (``None`` when stopped or timed
-        out; a child killed by a signal gives minus the signal number, as ``subprocess`` does)."""
-        worker = self._idle.get()
-        try:
-            if not worker.alive():
-                worker.close()
-                worker = self._new_worker()
-            error = worker.wait_ready()
-            if error:
-                return 1, error
-            _write_cmd(cmd, log)
-            return self._run_on(worker, {"argv": cmd, "env": env, "log": str(log), "cwd": os.getcwd()})
-        finally:
-            self._idle.put(worker)
-
-    def _run_on(self, worker: _Worker, request: dict[str, Any]) -> tuple[int | None, str]:
-        with worker.lock:
+        """Run ``cmd`` in a child of the server; returns ``(exit code, why)`` (``None`` when stopped or timed out;
+        a child killed by a signal gives minus the signal number, as ``subprocess`` does)."""
+        with self._lock:
             if self.stopping.is_set():
                 return None, "interrupted"
-            worker.idle.clear()
-            sent = worker.send({"run": request})
+            self._ensure_server()
+            if self.error:
+                return 1, self.error
+            _write_cmd(cmd, log)
+            pid, status_fd, sync_fd = self._spawn(forked_phase.Phase(
+                {"argv": cmd, "env": env, "log": str(log), "cwd": os.getcwd()}))
+            os.read(sync_fd, 1)  # the child leads its own session now (b"" if it died first)
+            os.close(sync_fd)
+            child = self._running[pid] = _Child(pid, status_fd)
         try:
-            started = worker.replies.next(None) if sent else None
-            if not isinstance(started, dict) or "pid" not in started:
-                why = started.get("error") if isinstance(started, dict) else "the fork worker died"
-                return 1, f"{why} (its log: {worker.log})"
-            with worker.lock:
-                worker.child = started["pid"]
-            return self._wait(worker)
+            return self._wait(child)
         finally:
-            with worker.lock:
-                worker.child = None
-            worker.idle.set()
+            with self._lock:
+                del self._running[pid]
+            child.close()
 
-    def _wait(self, worker: _Worker) -> tuple[int | None, str]:
-        msg = worker.replies.next(self.timeout_s)
-        why = ""
-        if msg is _TIMEOUT:
+    def _wait(self, child: _Child) -> tuple[int | None, str]:
+        code, why = child.wait(self.timeout_s), ""
+        if code is _TIMEOUT:
             why = f"timed out after {self.timeout_s:g} s"
-            msg = self._kill(worker)
-        if msg is None:  # the worker died under its child: stop the child ourselves
-            assert worker.child is not None
-            _killpg(worker.child, signal.SIGKILL)
-            return None if why else 1, why or f"the fork worker died (its log: {worker.log})"
-        return (None if why or self.stopping.is_set() else msg["exit"]), why
+            code = self._kill(child)
+        if code is _SERVER_DIED:  # the phase gets SIGTERM from the kernel; make sure of it
+            child.signal(signal.SIGKILL)
+            return None if why else 1, why or f"the fork server died (its log: {self._log})"
+        return (None if why or self.stopping.is_set() else code), why
 
     @staticmethod
-    def _kill(worker: _Worker) -> Any:
-        """SIGTERM, then SIGKILL, to the running phase; its exit message (``None`` if the worker died)."""
+    def _kill(child: _Child) -> Any:
+        """SIGTERM, then SIGKILL, to the running phase; its exit code (or ``_SERVER_DIED``)."""
         for sig, grace in ((signal.SIGTERM, _TERM_GRACE_S), (signal.SIGKILL, _KILL_GRACE_S)):
-            worker.signal(sig)
-            msg = worker.replies.next(grace)
-            if msg is not _TIMEOUT:
-                return msg
-        return worker.replies.next(None)
+            child.signal(sig)
+            code = child.wait(grace)
+            if code is not _TIMEOUT:
+                return code
+        return child.wait(None)
 
     def stop_all(self) -> None:
-        self.stopping.set()
-        busy = [w for w in self._all if not w.idle.is_set()]
+        with self._lock:
+            self.stopping.set()
+            running = list(self._running.values())
         for sig, grace in ((signal.SIGTERM, _TERM_GRACE_S), (signal.SIGKILL, _KILL_GRACE_S)):
-            for worker in busy:
-                worker.signal(sig)
+            for child in running:
+                child.signal(sig)
             deadline = time.monotonic() + grace
-            busy = [w for w in busy if not w.idle.wait(max(0.0, deadline - time.monotonic()))]
+            while time.monotonic() < deadline and any(c.pid in self._running for c in running):
+                time.sleep(0.05)
+            running = [c for c in running if c.pid in self._running]
 
     def close(self) -> None:
-        for worker in self._all:
-            worker.close()
+        """Stop the server (closing its "alive" pipe); a phase still running gets SIGTERM from the kernel."""
+        try:
+            self._server._stop()  # noqa: SLF001
+        except OSError:
+            pass

@@ -20,11 +20,18 @@ The format (paths relative to the file)::
     timeout_s: null               # per phase (fit, test)
     env: {}                       # extra environment variables for the runs
     name: null                    # the experiment's name (default: the file's stem); the runs' W&B group
-    launcher: auto                # `subprocess`: a fresh Python per phase; `fork`: forked from warm workers;
-                                  # auto: fork on Linux without GPUs, else subprocess (also --launcher)
-    preload: [sklearn.datasets]   # modules the fork workers import once, besides the defaults (torch, Lightning,
+    launcher: auto                # `subprocess`: a fresh Python per phase; `fork`: forked from a warm fork server;
+                                  # `ray`: each trial a Ray task (see `ray:`); auto: fork on Linux without GPUs,
+                                  # else subprocess (also --launcher)
+    preload: [sklearn.datasets]   # modules the fork server imports once, besides the defaults (torch, Lightning,
                                   # this package's CLI and recorder, TensorBoard, matplotlib: those installed)
-    preload_defaults: true        # false: the fork workers import only `preload`
+    preload_defaults: true        # false: the fork server imports only `preload`
+    ray:                          # with `launcher: ray` (see docs/cluster.md); each trial is one Ray task
+      address: null               # the cluster (`host:port` of the head, or `auto`; also --address);
+                                  # null: a local Ray on this machine's loopback
+      cpus: 1                     # what each trial asks for: CPUs and GPUs (fractions allowed)
+      gpus: 0
+      retries: 1                  # a trial whose worker node dies is run again this many times, then failed
     report: {metric: test_acc}    # print `bninit report` at the end (optional; also --report-metric)
 """
 
@@ -38,6 +45,7 @@ from typing import Any
 
 from lightning_bninit import _extras
 from lightning_bninit.experiments.grid import GridError, builtin_grid_values, expand_grid
+from lightning_bninit.experiments.launchers import LAUNCHERS
 from lightning_bninit.experiments.seeding import parse_seeds
 
 #: Arms available without defining them in the experiment file.
@@ -48,13 +56,23 @@ BUILTIN_ARMS: dict[str, list[str]] = {
 KNOWN_KEYS = frozenset({
     "script", "module", "config", "args", "metrics", "seeds", "arms", "derive_seed", "checkpoint",
     "keep_checkpoints", "timeout_s", "env", "report", "default_arms", "test", "grid", "name", "launcher", "preload",
-    "preload_defaults",
+    "preload_defaults", "ray",
 })
-LAUNCHERS = ("auto", "subprocess", "fork")
+RAY_KEYS = ("address", "cpus", "gpus", "retries")
 
 
 class ExperimentError(ValueError):
     """Invalid experiment file or compare options; the message is meant for the user as is."""
+
+
+@dataclass
+class RayOptions:
+    """``ray:`` of an experiment file: where the trials run and what each asks for."""
+
+    address: str | None = None
+    cpus: float = 1.0
+    gpus: float = 0.0
+    retries: int = 1
 
 
 @dataclass
@@ -80,6 +98,7 @@ class Experiment:
     launcher: str = "auto"
     preload: list[str] = field(default_factory=list)
     preload_defaults: bool = True
+    ray: RayOptions = field(default_factory=RayOptions)
     #: grid values of the arms a report can place in the grid (grid arms, and the built-in arms left built in)
     grid_values: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: names of grid points that are built-in arms (``g1_c1`` is ``standard``)
@@ -128,6 +147,7 @@ def load_experiment(path: str | Path) -> Experiment:
             launcher=_choice(raw, "launcher", LAUNCHERS, where),
             preload=_metrics(raw.get("preload"), where, "preload", "module names"),
             preload_defaults=_flag(raw, "preload_defaults", True, where),
+            ray=_ray(raw.get("ray"), where),
         )
         _add_grid(exp, raw.get("grid"), raw.get("arms") or {}, where)
         exp.default_arms = _default_arms(raw.get("default_arms"), exp)
@@ -261,3 +281,27 @@ def _timeout(value: Any, where: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ExperimentError(f"{where}: 'timeout_s' must be a positive number of seconds, got {value!r}")
     return float(value)
+
+
+def _ray(value: Any, where: str) -> RayOptions:
+    """``ray:``: a mapping of :data:`RAY_KEYS`; each value checked, with the key and what it must be."""
+    if value is None:
+        return RayOptions()
+    if not isinstance(value, dict) or set(value) - set(RAY_KEYS):
+        unknown = sorted(set(value) - set(RAY_KEYS)) if isinstance(value, dict) else value
+        raise ExperimentError(f"{where}: 'ray' must be a mapping with keys {', '.join(RAY_KEYS)}; got {unknown!r}")
+    options = RayOptions()
+    address = value.get("address")
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise ExperimentError(f"{where}: 'ray.address' must be 'host:port' or 'auto', got {address!r}")
+    options.address = address
+    for key in ("cpus", "gpus"):
+        amount = value.get(key, getattr(options, key))
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            raise ExperimentError(f"{where}: 'ray.{key}' must be a number >= 0 (per trial), got {amount!r}")
+        setattr(options, key, float(amount))
+    retries = value.get("retries", options.retries)
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
+        raise ExperimentError(f"{where}: 'ray.retries' must be a whole number from 0 to 10, got {retries!r}")
+    options.retries = retries
+    return options

@@ -88,10 +88,6 @@ def check_patterns(value: Patterns, name: str) -> tuple[Pattern, ...]:
     return tuple(items)
 
 
-EXEMPT_WEIGHT_DECAY_VALUES: tuple[Any, ...] = (True, False)
-"""The values ``exempt_weight_decay`` takes: the one place they are declared (compared by type and value)."""
-
-
 def check_bool(value: object, name: str) -> bool:
     """``value`` if it is ``True`` or ``False`` (what ``--bninit.<option>=false`` passes too).
 
@@ -101,19 +97,6 @@ def check_bool(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {type(value).__name__}: {value!r}.")
     return value
-
-
-def check_exempt_weight_decay(value: object) -> Any:
-    """``value`` if it is one of :data:`EXEMPT_WEIGHT_DECAY_VALUES`.
-
-    Raises:
-        ValueError: for anything else, naming the value and what is allowed.
-    """
-    for allowed in EXEMPT_WEIGHT_DECAY_VALUES:
-        if type(value) is type(allowed) and value == allowed:
-            return value
-    allowed_text = " or ".join(repr(v) for v in EXEMPT_WEIGHT_DECAY_VALUES)
-    raise ValueError(f"exempt_weight_decay must be {allowed_text}, got {type(value).__name__}: {value!r}.")
 
 
 def _as_real(value: object, name: str) -> float:
