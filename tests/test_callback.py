@@ -323,15 +323,14 @@ def test_input_norm_survives_sync_batchnorm_conversion() -> None:
 
 # --- state key, 0.1 checkpoints, one BNInit per Trainer -----------------------------------------------------------
 
-def test_state_key_names_the_settings() -> None:
-    key = BNInit().state_key
-    assert key.startswith("BNInit{") and "'scale_lr_divisor': 100.0" in key
-    assert BNInit(scale_lr_divisor=10).state_key != key and BNInit(include="net.1").state_key != key
-    assert BNInit(monitor=False).state_key == key  # the monitor's options are not the method's
+def test_state_key_is_lightnings_default() -> None:
+    assert BNInit().state_key == "BNInit" == BNInit(scale_lr_divisor=10, monitor=False).state_key
 
 
-def test_checkpoint_of_version_0_1_resumes(tmp_path) -> None:
-    """0.1 stored the callback's state under "BNInit"; resuming reads it (and the monitor measures from it)."""
+@pytest.mark.parametrize("version", ["0.1", "0.2"])
+def test_checkpoint_of_an_older_version_resumes(tmp_path, version: str) -> None:
+    """0.1 stored the callback's state under "BNInit" (as 0.3 does), 0.2 under "BNInit{<settings>}"; resuming reads
+    either (and the monitor measures from it)."""
     torch.manual_seed(0)
     net = tiny_net().double()
     data = loader(dataset())
@@ -351,7 +350,8 @@ def test_checkpoint_of_version_0_1_resumes(tmp_path) -> None:
     legacy = {"settings": state["settings"], "layers": state["layers"],
               "initial": {name: {"scale": torch.full_like(v["scale"], 0.125), "shift": v["shift"]}
                           for name, v in state["initial"].items()}}
-    checkpoint["callbacks"] = {"BNInit": legacy}  # 0.1's layout: one key, no monitor state
+    key = "BNInit" if version == "0.1" else "BNInit" + repr(state["settings"])  # 0.2: the settings in the key
+    checkpoint["callbacks"] = {key: legacy}  # one key, no monitor state
     torch.save(checkpoint, tmp_path / "v01.ckpt")
 
     callback = BNInit(monitor=BNMonitor(log_every_n_steps=1, plots=False, console_summary=False))

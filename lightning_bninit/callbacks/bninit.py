@@ -23,7 +23,8 @@ from lightning_bninit.method.treatment import BNINIT, Treatment, add_input_norm,
 
 PatternArg = Union[str, Sequence[str], None]
 _log = logging.getLogger(__name__)
-LEGACY_STATE_KEY = "BNInit"
+#: 0.2 stored the state under "BNInit" followed by the settings; 0.1 and 0.3 under Lightning's default, "BNInit".
+STATE_KEY_0_2_PREFIX = "BNInit{"
 """The key of the callback's state in checkpoints written by 0.1 (before the key named the settings)."""
 
 
@@ -155,10 +156,6 @@ class BNInit(Callback):
         return self._settings.plain()
 
     @property
-    def state_key(self) -> str:
-        return self._generate_state_key(**self.settings)
-
-    @property
     def layer_names(self) -> list[str]:
         """Qualified names of the BN layers this callback treats, in network order (after ``setup``)."""
         return list(self._treatment.layer_names) if self._treatment is not None else []
@@ -258,13 +255,13 @@ class BNInit(Callback):
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        # Lightning loads the state stored under this callback's state_key. A checkpoint of 0.1 (key "BNInit") or one
-        # made with other settings (key "BNInit{...}") has it under another key; there is at most one BNInit, so
-        # that state is ours (load_state_dict warns about changed settings).
+        # Lightning loads the state stored under this callback's state_key, Lightning's default "BNInit" (0.1 used it
+        # too). 0.2 keyed it on the settings ("BNInit{...}"); there is at most one BNInit, so such a state is ours
+        # (load_state_dict warns about changed settings).
         states = checkpoint.get("callbacks") or {}
         if self.state_key in states:
             return
-        mine = [k for k in states if isinstance(k, str) and (k == LEGACY_STATE_KEY or k.startswith("BNInit{"))]
+        mine = [k for k in states if isinstance(k, str) and k.startswith(STATE_KEY_0_2_PREFIX)]
         if len(mine) == 1:
             self.load_state_dict(copy.deepcopy(states[mine[0]]))
 

@@ -102,36 +102,31 @@ def attach(
     """Apply Revisiting Batch Norm Initialization to ``model`` trained by ``optimizer``, in one call.
 
     Re-initializes the BN layers as :class:`~lightning_bninit.BNInit` does and registers step hooks on each
-    optimizer: for the length of every ``optimizer.step()`` BN scales step with ``lr / scale_lr_divisor`` and BN
-    parameters get no weight decay; between steps the optimizer's own param groups are in place (schedulers,
-    clipping, ``GradScaler`` and checkpoints see them unchanged). The result equals an optimizer built with
-    :func:`~lightning_bninit.bn_param_groups` with the same arguments under a schedule without a floor (see
-    ``BNInit``). With Lightning Fabric, call it before ``fabric.setup`` (required for ``input_norm``); on the objects
-    ``fabric.setup`` returned it works too, on the modules they wrap.
+    optimizer, so that every ``optimizer.step()`` makes the revised update; between steps the optimizer's own param
+    groups are in place. The result equals :func:`~lightning_bninit.bn_param_groups` with the same arguments under a
+    schedule without a floor. With Lightning Fabric, call it before ``fabric.setup`` (required for ``input_norm``).
 
     Args:
         model: the model (or what ``fabric.setup`` returned for it).
         optimizer: one optimizer or a list of them, built on the model's parameters in any way.
         init_scale, scale_lr_divisor, exempt_weight_decay, input_channels, include, exclude, force,
             separable_optimizers: as for :class:`~lightning_bninit.BNInit`.
-        input_norm: as for ``BNInit``, on ``model.forward`` (``True``) or a named submodule; the new layer's scale is
-            appended to the param group holding that module's first parameter (the one change to the groups), or to
-            the optimizer's BN scale group if that group was built by :func:`~lightning_bninit.bn_param_groups`.
+        input_norm: as for ``BNInit``; the new layer's scale joins the param group of that module's first
+            parameter, or the BN scale group if that group was built by :func:`~lightning_bninit.bn_param_groups`.
 
     Returns:
         A :class:`BNInitHandle`: ``remove()`` detaches the update, ``state_dict()`` / ``load_state_dict()`` resume.
 
     Raises:
-        ValueError: for a bad setting (named), an optimizer that already has the update attached, or ``input_norm``
-            on a model that ``fabric.setup`` or DDP already wrapped.
-        TypeError: for something that is not an optimizer, or an optimizer holding BN parameters whose step may
-            couple param groups (the message names the ways out). Nothing is changed before these checks.
+        ValueError: a bad setting (named), an optimizer that already has the update, or ``input_norm`` on a
+            model that ``fabric.setup`` or DDP already wrapped.
+        TypeError: not an optimizer, or one holding BN parameters whose step may couple param groups (the message
+            names the ways out). Nothing is changed before these checks.
 
     Example::
 
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         handle = lightning_bninit.attach(model, optimizer)           # gamma 0.1, c 100
-        # the training loop as before; checkpoints: {..., "bninit": handle.state_dict()}
     """
     settings = MethodSettings.checked(
         init_scale=init_scale, scale_lr_divisor=scale_lr_divisor, exempt_weight_decay=exempt_weight_decay,
