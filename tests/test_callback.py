@@ -59,7 +59,7 @@ def test_rejects_bad_input_norm_arguments() -> None:
 
 def test_accepts_boundary_values() -> None:
     callback = BNInit(init_scale=1e-6, scale_lr_divisor=1)
-    assert (callback.init_scale, callback.scale_lr_divisor) == (1e-6, 1.0)
+    assert (callback.method_settings.init_scale, callback.method_settings.scale_lr_divisor) == (1e-6, 1.0)
 
 
 # --- setup -------------------------------------------------------------------------------------------------------
@@ -299,7 +299,7 @@ def test_resume_with_other_settings_warns_and_keeps_the_current_ones(tmp_path) -
         trainer(callbacks=[callback], max_epochs=2, limit_train_batches=1).fit(
             Classifier(tiny_net(), SGD), loader(dataset(dtype=torch.float32)), ckpt_path=tmp_path / "a.ckpt"
         )
-    assert callback.scale_lr_divisor == 10
+    assert callback.method_settings.scale_lr_divisor == 10
 
 
 def test_input_norm_is_treated_whatever_include_says() -> None:
@@ -365,3 +365,23 @@ def test_checkpoint_of_an_older_version_resumes(tmp_path, version: str) -> None:
 def test_two_bninit_callbacks_are_refused() -> None:
     with pytest.raises(ValueError, match=r"2 BNInit callbacks were given to the Trainer; each would apply"):
         fit(Classifier(tiny_net(), SGD), BNInit(), callbacks_extra=[BNInit(include="net.1")])
+
+
+def test_explicit_signatures_agree_with_the_one_declaration() -> None:
+    """BNInit and attach spell their options out (jsonargparse builds the --bninit flag from BNInit's signature);
+    MethodSettings declares them once. Same names, and defaults that give the same settings."""
+    import dataclasses
+    import inspect
+
+    from lightning_bninit import attach
+    from lightning_bninit.method.settings import MethodSettings
+
+    declared = {f.name: f.default for f in dataclasses.fields(MethodSettings)}
+    for function in (BNInit.__init__, attach):
+        params = {name: p.default for name, p in inspect.signature(function).parameters.items()
+                  if p.default is not inspect.Parameter.empty and name != "monitor"}
+        assert set(params) == set(declared), function
+        assert MethodSettings(**params) == MethodSettings(), function
+    assert BNInit().method_settings == MethodSettings()
+    with pytest.raises(ValueError, match="init_scale"):
+        MethodSettings(init_scale=0)  # it validates itself when built

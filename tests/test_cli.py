@@ -78,10 +78,10 @@ def test_off_by_default_and_toggle_semantics():
     assert bninit_callbacks(cli()) == []
     assert bninit_callbacks(cli("--bninit=false")) == []
     (cb,) = bninit_callbacks(cli("--bninit.init_scale=0.2"))  # an option implies on
-    assert cb.init_scale == 0.2 and cb.scale_lr_divisor == 100.0
+    assert cb.method_settings.init_scale == 0.2 and cb.method_settings.scale_lr_divisor == 100.0
     assert bninit_callbacks(cli("--bninit.init_scale=0.2", "--bninit=false")) == []  # left to right
     (cb,) = bninit_callbacks(cli("--bninit=true", "--bninit.init_scale=1.0", "--bninit.scale_lr_divisor=1.0"))
-    assert (cb.init_scale, cb.scale_lr_divisor) == (1.0, 1.0)
+    assert (cb.method_settings.init_scale, cb.method_settings.scale_lr_divisor) == (1.0, 1.0)
 
 
 def test_enabled_twice_is_an_error():
@@ -112,6 +112,6 @@ def test_exempt_weight_decay_flag_takes_one_d():
     (cb,) = bninit_callbacks(cli("--bninit.exempt_weight_decay=1d"))
     assert cb.exempt_weight_decay == "1d"
     (cb,) = bninit_callbacks(cli("--bninit.exempt_weight_decay=false"))
-    assert cb.exempt_weight_decay is False
+    assert cb.method_settings.exempt_weight_decay is False
     with pytest.raises(SystemExit):  # jsonargparse reports the value that is neither a bool nor "1d"
         cli("--bninit.exempt_weight_decay=2d")

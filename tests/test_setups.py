@@ -490,5 +490,6 @@ def test_boolean_options_take_only_booleans(option: str, value: Any) -> None:
 
 
 def test_boolean_options_accept_booleans() -> None:
-    assert BNInit(force=False).force is False and BNInit(exempt_weight_decay=False).exempt_weight_decay is False
+    assert BNInit(force=False).method_settings.force is False
+    assert BNInit(exempt_weight_decay=False).method_settings.exempt_weight_decay is False
     assert BNMonitor(activations=False, plots=False).activations is False

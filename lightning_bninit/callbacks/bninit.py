@@ -70,6 +70,10 @@ class BNInit(Callback):
             :class:`~lightning_bninit.BNMonitor`; ``False`` turns it off; a ``BNMonitor(...)`` sets its options
             (e.g. its own ``log_every_n_steps``). A ``BNMonitor`` given to the Trainer takes its place.
 
+    Attributes:
+        method_settings: the validated :class:`~lightning_bninit.method.MethodSettings` (the options above but
+            ``monitor``); :attr:`settings` gives them as plain values.
+
     Raises:
         ValueError: for an ``init_scale`` that is not a finite number > 0, a ``scale_lr_divisor`` that is not a
             finite number >= 1, a ``bool`` option that is not ``True`` or ``False``, an ``exempt_weight_decay``
@@ -102,7 +106,7 @@ class BNInit(Callback):
         separable_optimizers: Sequence[type[Optimizer]] = (),
         monitor: MonitorArg = True,
     ) -> None:
-        self._settings = MethodSettings.checked(
+        self.method_settings = MethodSettings(
             init_scale=init_scale, scale_lr_divisor=scale_lr_divisor, exempt_weight_decay=exempt_weight_decay,
             input_norm=input_norm, input_channels=input_channels, include=include, exclude=exclude, force=force,
             separable_optimizers=separable_optimizers,
@@ -115,45 +119,9 @@ class BNInit(Callback):
     # -- settings --------------------------------------------------------------------------------------------------
 
     @property
-    def init_scale(self) -> float:
-        return self._settings.init_scale
-
-    @property
-    def scale_lr_divisor(self) -> float:
-        return self._settings.scale_lr_divisor
-
-    @property
-    def exempt_weight_decay(self) -> ExemptWeightDecay:
-        return self._settings.exempt_weight_decay
-
-    @property
-    def input_norm(self) -> Union[bool, str]:
-        return self._settings.input_norm
-
-    @property
-    def input_channels(self) -> Union[int, None]:
-        return self._settings.input_channels
-
-    @property
-    def include(self) -> tuple[Pattern, ...]:
-        return self._settings.include
-
-    @property
-    def exclude(self) -> tuple[Pattern, ...]:
-        return self._settings.exclude
-
-    @property
-    def force(self) -> bool:
-        return self._settings.force
-
-    @property
-    def separable_optimizers(self) -> tuple[type[Optimizer], ...]:
-        return self._settings.separable_optimizers
-
-    @property
     def settings(self) -> dict[str, Any]:
         """The callback's settings, as plain values (saved in checkpoints, logged as run config, in its state key)."""
-        return self._settings.plain()
+        return self.method_settings.plain()
 
     @property
     def layer_names(self) -> list[str]:
@@ -181,12 +149,12 @@ class BNInit(Callback):
             )
         # The input BN is structure, not initialization: it is added for every stage so that a checkpoint trained
         # with it loads for validate/test/predict too. Only fit touches existing weights.
-        if self.input_norm:
-            add_input_norm(pl_module, self._settings, BNINIT, _info, getattr(pl_module, "example_input_array", None))
+        if self.method_settings.input_norm:
+            add_input_norm(pl_module, self.method_settings, BNINIT, _info, getattr(pl_module, "example_input_array", None))
         if stage != "fit":
             return
         # Layers built later (LightningModule.setup, configure_model) are treated at the start of fit.
-        self._treatment = treat(pl_module, self._settings, BNINIT, rank_zero_warn)
+        self._treatment = treat(pl_module, self.method_settings, BNINIT, rank_zero_warn)
         if self._restored_initial is not None:  # a state loaded before setup (rare: by hand)
             self._treatment.load_initial(self._restored_initial, rank_zero_warn, BNINIT)
             self._restored_initial = None
@@ -204,7 +172,7 @@ class BNInit(Callback):
         for optimizer in trainer.optimizers:
             self._treatment.attach(optimizer, BNINIT)
         for config in trainer.lr_scheduler_configs:
-            message = cyclic_schedule_warning(config.scheduler, self.scale_lr_divisor)
+            message = cyclic_schedule_warning(config.scheduler, self.method_settings.scale_lr_divisor)
             if message is not None:
                 rank_zero_warn(message)
 

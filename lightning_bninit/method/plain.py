@@ -128,7 +128,7 @@ def attach(
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         handle = lightning_bninit.attach(model, optimizer)           # gamma 0.1, c 100
     """
-    settings = MethodSettings.checked(
+    settings = MethodSettings(
         init_scale=init_scale, scale_lr_divisor=scale_lr_divisor, exempt_weight_decay=exempt_weight_decay,
         input_norm=input_norm, input_channels=input_channels, include=include, exclude=exclude, force=force,
         separable_optimizers=separable_optimizers,

@@ -159,43 +159,35 @@ def check_optimizer_classes(value: object) -> tuple[type[Optimizer], ...]:
 
 @dataclass(frozen=True)
 class MethodSettings:
-    """The method's settings, validated (:meth:`checked`); shared by ``BNInit`` and ``attach``."""
+    """The method's settings, shared by ``BNInit`` and ``attach``: the one declaration of its options and their
+    defaults. Built, it validates itself: each bad value gets a ``ValueError`` naming it and what is allowed.
+    ``include`` / ``exclude`` (a pattern, a list of them or ``None``) and ``separable_optimizers`` are kept as tuples.
+    """
 
     init_scale: float = 0.1
     scale_lr_divisor: float = 100.0
     exempt_weight_decay: ExemptWeightDecay = True
     input_norm: Union[bool, str] = False
     input_channels: Union[int, None] = None
-    include: tuple[Pattern, ...] = ()
-    exclude: tuple[Pattern, ...] = ()
+    include: Patterns = ()
+    exclude: Patterns = ()
     force: bool = False
-    separable_optimizers: tuple[type[Optimizer], ...] = ()
+    separable_optimizers: Sequence[type[Optimizer]] = ()
 
-    @classmethod
-    def checked(
-        cls,
-        init_scale: float = 0.1,
-        scale_lr_divisor: float = 100.0,
-        exempt_weight_decay: ExemptWeightDecay = True,
-        input_norm: Union[bool, str] = False,
-        input_channels: Union[int, None] = None,
-        include: Patterns = None,
-        exclude: Patterns = None,
-        force: bool = False,
-        separable_optimizers: Sequence[type[Optimizer]] = (),
-    ) -> MethodSettings:
-        """Validate each value (``ValueError`` naming it and what is allowed) and return the settings."""
-        return cls(
-            init_scale=check_init_scale(init_scale),
-            scale_lr_divisor=check_scale_lr_divisor(scale_lr_divisor),
-            exempt_weight_decay=check_exempt_weight_decay(exempt_weight_decay),
-            input_norm=check_input_norm(input_norm),
-            input_channels=check_input_channels(input_channels),
-            include=check_patterns(include, "include"),
-            exclude=check_patterns(exclude, "exclude"),
-            force=check_bool(force, "force"),
-            separable_optimizers=check_optimizer_classes(separable_optimizers),
-        )
+    def __post_init__(self) -> None:
+        checked = {
+            "init_scale": check_init_scale(self.init_scale),
+            "scale_lr_divisor": check_scale_lr_divisor(self.scale_lr_divisor),
+            "exempt_weight_decay": check_exempt_weight_decay(self.exempt_weight_decay),
+            "input_norm": check_input_norm(self.input_norm),
+            "input_channels": check_input_channels(self.input_channels),
+            "include": check_patterns(self.include, "include"),
+            "exclude": check_patterns(self.exclude, "exclude"),
+            "force": check_bool(self.force, "force"),
+            "separable_optimizers": check_optimizer_classes(self.separable_optimizers),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)  # frozen: the normalized values replace the given ones
 
     def plain(self) -> dict[str, Any]:
         """The settings that shape the treatment, as plain values (checkpoints, run config, state keys)."""

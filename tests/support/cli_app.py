@@ -45,8 +45,8 @@ class TinyModel(LightningModule):
     def on_train_end(self):
         cbs = [cb for cb in self.trainer.callbacks if isinstance(cb, BNInit)]
         info = {
-            "bninit": [{"init_scale": cb.init_scale, "scale_lr_divisor": cb.scale_lr_divisor,
-                        "exempt_weight_decay": cb.exempt_weight_decay} for cb in cbs],
+            "bninit": [{key: cb.settings[key] for key in ("init_scale", "scale_lr_divisor", "exempt_weight_decay")}
+                       for cb in cbs],
             "gamma_at_start": self.gamma_at_start,
             "final_loss": self.final_loss,
             "log_dir": self.trainer.log_dir,
