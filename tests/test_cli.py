@@ -103,14 +103,14 @@ def test_options_mirror_the_callback_signature():
     names = [f.name for f in dataclasses.fields(BNInitOptions)]
     assert names == [p for p in inspect.signature(BNInit.__init__).parameters if p != "self"]
     assert bninit_callback_from_config(None) is None and bninit_callback_from_config(False) is None
-    assert bninit_callback_from_config({"init_scale": 0.3}).init_scale == 0.3
+    assert bninit_callback_from_config({"init_scale": 0.3}).method_settings.init_scale == 0.3
     with pytest.raises(TypeError, match="bninit must be"):
         bninit_callback_from_config(3)
 
 
 def test_exempt_weight_decay_flag_takes_one_d():
     (cb,) = bninit_callbacks(cli("--bninit.exempt_weight_decay=1d"))
-    assert cb.exempt_weight_decay == "1d"
+    assert cb.method_settings.exempt_weight_decay == "1d"
     (cb,) = bninit_callbacks(cli("--bninit.exempt_weight_decay=false"))
     assert cb.method_settings.exempt_weight_decay is False
     with pytest.raises(SystemExit):  # jsonargparse reports the value that is neither a bool nor "1d"
