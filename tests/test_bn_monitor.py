@@ -12,8 +12,9 @@ import pytest
 import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import CSVLogger
 from support.helpers import Classifier, dataset, loader, tiny_net, trainer
+from support.recording import RecordingLogger
 
 from lightning_bninit import BNInit, BNMonitor
 from lightning_bninit.monitoring.stats import STATS
@@ -21,32 +22,6 @@ from lightning_bninit.monitoring.stats import STATS
 
 def _sgd(params):
     return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3)
-
-
-class RecordingLogger(Logger):
-    """Keeps every ``log_metrics`` and ``log_hyperparams`` call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[int | None, dict[str, Any]]] = []
-        self.hparams: list[dict[str, Any]] = []
-
-    @property
-    def name(self) -> str:
-        return "recording"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        self.calls.append((step, dict(metrics)))
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        self.hparams.append(dict(params))
-
-    def bn_steps(self) -> list[int | None]:
-        return [step for step, metrics in self.calls if any(k.startswith("bn/") for k in metrics)]
 
 
 def test_standalone_monitor_watches_a_standard_model(tmp_path) -> None:
