@@ -338,7 +338,9 @@ class BNMonitor(Callback):
         )
         metrics.update(self._alerts(values))
         refresh = bool(self.refresh_every) and len(self.history.steps) % self.refresh_every == 0
-        heatmaps = self._heatmaps() if refresh else {}
+        drawn = any(wandb_panels.is_wandb_logger(lg) or tensorboard_panels.is_tensorboard_logger(lg)
+                    for lg in trainer.loggers)
+        heatmaps = self._heatmaps() if refresh and drawn else {}  # only for the loggers that show images
         for logger in trainer.loggers:
             payload = metrics
             if wandb_panels.is_wandb_logger(logger):  # one W&B history row per step
