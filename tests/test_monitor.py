@@ -420,3 +420,12 @@ def test_sync_batchnorm_statistics_on_two_gloo_processes(tmp_path) -> None:
         assert logged["bn/all/xhat_absmax"] == pytest.approx(whole["xhat_absmax"], rel=1e-5)
     local = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["local_xhat"][0].item() for r in (0, 1)]
     assert local[1] > local[0] and local[1] == pytest.approx(whole["xhat_absmax"], rel=1e-5)  # the outlier's rank
+
+
+def test_reduce_over_ranks_takes_the_max_except_the_fraction_which_is_the_mean() -> None:
+    from lightning_bninit.monitoring.stats import XHAT_STATS, reduce_over_ranks
+
+    gathered = torch.tensor([[[4.0, 0.5, 0.1, 2.0, 16.0]], [[6.0, 0.75, 0.3, 1.0, 16.0]]])  # [world 2, layers 1, 5]
+    got = dict(zip(XHAT_STATS, reduce_over_ranks(gathered)[0].tolist()))
+    assert got == pytest.approx({"xhat_absmax": 6.0, "xhat_bound_ratio": 0.75, "xhat_frac_gt3": 0.2,
+                                 "out_absmax": 2.0, "m": 16.0})
