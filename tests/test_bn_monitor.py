@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import csv
 import os
-from typing import Any
 
 import pytest
 import torch
