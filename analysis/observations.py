@@ -7,9 +7,10 @@
     python analysis/observations.py plot docs/results/observations/vgg_e25_layers.jsonl \
         --png docs/results/observations/observations.png --md docs/results/observations/observations.md
 
+The runs must log every statistic (``BNMonitor(full=True)``; 0.2's keys ``bn/<layer>/<stat>`` are read too).
 One JSON line per (arm, seed, layer): the layer's initial scale gamma0 (the arm's init_scale; times 0.58 for the input
 BN), the final mean |gamma - gamma0| and |beta - beta0| (last logged step), the peak |x̂| over all logged steps, the
-bound sqrt(m - 1) for that layer (= xhat_absmax / xhat_bound_ratio), the peak ratio, and the largest |x̂| one would
+bound sqrt(m - 1) for that layer (m as recorded, or xhat_absmax / xhat_bound_ratio for 0.2 logs), the peak ratio, and the largest |x̂| one would
 expect from m standard-normal values, sqrt(2 ln m), for scale.
 """
 
@@ -40,21 +41,42 @@ def _network_order(name: str) -> tuple[int, ...]:
     return (0,) if name == INPUT_BN else (1, *(int(p) for p in name.split(".") if p.isdigit()))
 
 
-def _layers(header: list[str]) -> list[str]:
-    names = [k[3:-len("/scale_drift")] for k in header if k.startswith("bn/") and k.endswith("/scale_drift")]
-    return sorted((n for n in names if n != "all"), key=_network_order)
+def _columns(header: list[str]) -> dict[str, dict[str, str]]:
+    """Per layer (network order), per statistic, its CSV column: ``bn_<stat>/<label>`` (0.3, the label is the
+    layer's index and its name with dots as underscores) or ``bn/<layer>/<stat>`` (0.2)."""
+    found: dict[str, dict[str, str]] = defaultdict(dict)
+    order: dict[str, tuple[int, ...]] = {}
+    for key in header:
+        if key.startswith("bn/") and not key.startswith("bn/all/") and key.count("/") == 2:
+            _, layer, stat = key.split("/")
+            order[layer] = _network_order(layer)
+        elif key.startswith("bn_") and "/" in key and not key.startswith(("bn_alert/", "bn_hist")):
+            stat, label = key[3:].split("/", 1)
+            index, layer = label.split("_", 1)
+            order[layer] = (0, int(index))
+        else:
+            continue
+        found[layer][stat] = key
+    return {layer: found[layer] for layer in sorted(found, key=order.__getitem__)}
 
 
 def _column(rows: list[dict[str, str]], key: str) -> list[tuple[int, float]]:
     return [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
 
 
-def _layer_record(rows: list[dict[str, str]], layer: str, gamma0: float) -> dict[str, Any]:
-    key = f"bn/{layer}/{{}}".format
+def _layer_record(rows: list[dict[str, str]], layer: str, columns: dict[str, str], gamma0: float) -> dict[str, Any]:
+    missing = {"scale_drift", "shift_drift", "xhat_absmax", "xhat_bound_ratio", "scale_mean"} - set(columns)
+    if missing:
+        raise SystemExit(f"{layer}: no {sorted(missing)} in the log; record the runs with BNMonitor(full=True)")
+    key = columns.__getitem__
     drift, shift = _column(rows, key("scale_drift")), _column(rows, key("shift_drift"))
     xhat, ratio = _column(rows, key("xhat_absmax")), _column(rows, key("xhat_bound_ratio"))
-    bound = statistics.median(x / r for (_, x), (_, r) in zip(xhat, ratio) if r > 0)
-    m = round(bound**2 + 1)
+    if "m" in columns:  # recorded per layer since 0.3
+        m = round(statistics.median(v for _, v in _column(rows, key("m"))))
+        bound = math.sqrt(m - 1)
+    else:
+        bound = statistics.median(x / r for (_, x), (_, r) in zip(xhat, ratio) if r > 0)
+        m = round(bound**2 + 1)
     return {
         "layer": layer, "gamma0": gamma0, "final_step": drift[-1][0],
         "final_scale_drift": drift[-1][1], "final_shift_drift": shift[-1][1],
@@ -76,9 +98,9 @@ def extract(runs_dir: Path, results: Path, out: Path) -> int:
         with open(csv_path) as fh:
             rows = list(csv.DictReader(fh))
         init = _init_scale(run["config"]["overrides"] + run["config"]["args"])
-        for layer in _layers(list(rows[0])):
+        for layer, columns in _columns(list(rows[0])).items():
             gamma0 = init * RELU_STD if layer == INPUT_BN else init
-            lines.append({"arm": run["arm"], "seed": run["seed"], **_layer_record(rows, layer, gamma0)})
+            lines.append({"arm": run["arm"], "seed": run["seed"], **_layer_record(rows, layer, columns, gamma0)})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return len(lines)

@@ -1,11 +1,16 @@
 """Overhead of BNInit's BN monitor: CIFAR ResNet-18 (3x3 conv1, no max-pool), batch 128, CPU, synthetic data.
 
-Arms, interleaved round by round (order alternating), each a short ``Trainer.fit`` with a CSVLogger:
+Arms, interleaved round by round (order alternating), each a short ``Trainer.fit`` with a TensorBoardLogger (so the
+live heat maps, the custom-scalars layout and the end-of-fit figures are really drawn and written):
 
 - ``off``: ``BNInit(monitor=False)``;
 - ``on``: ``BNInit()`` with ``log_every_n_steps=50`` (the steps measured here are non-logging steps unless
   ``--steps`` >= 50);
-- ``log``: ``BNInit()`` with ``log_every_n_steps=1`` (every step is a monitoring step).
+- ``log``: ``BNInit()`` with ``log_every_n_steps=1`` (every step is a monitoring step), the live heat maps redrawn
+  every 2nd logging step (``refresh_every=2``), so that both kinds of logging step are timed.
+
+The overall cost at ``log_every_n_steps=50`` is reported from the time inside the monitor's hooks, with the heat maps
+redrawn on every logging step (the worst case) and every 10th (the default ``refresh_every``).
 
 A step's time is the wall time between consecutive ``on_train_batch_start`` calls (forward, backward, optimizer step,
 callbacks, logger). The first ``--warmup`` steps of each fit are dropped; medians over all rounds are reported, and
@@ -28,14 +33,14 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from examples.cifar10.model import cifar_resnet18  # noqa: E402
 
-from lightning_bninit import BNInit  # noqa: E402
+from lightning_bninit import BNInit, BNMonitor  # noqa: E402
 
 
 class Module(pl.LightningModule):
@@ -70,8 +75,9 @@ class StepTimer(pl.Callback):
         return [(b - a, log) for a, b, log in zip(self.starts, self.starts[1:], self.logging)][warmup:]
 
 
-HOOK_TIMES: dict[bool, list[float]] = {False: [], True: []}
-"""Wall time spent inside the monitor's own hooks per step (start + end), by whether the step was a logging step."""
+HOOK_TIMES: dict[str, list[float]] = {"plain": [], "logging": [], "refresh": []}
+"""Wall time inside the monitor's own hooks per step (start + end): non-logging steps, logging steps, and logging
+steps that also redraw the live heat maps (every ``refresh_every``-th)."""
 
 
 FORWARD_HOOK_TIMES: list[float] = []
@@ -79,36 +85,39 @@ FORWARD_HOOK_TIMES: list[float] = []
 
 
 def _time_forward_hooks() -> None:
-    from lightning_bninit import monitor as monitor_module
+    from lightning_bninit.monitoring import hooks
 
-    call = monitor_module._XhatHook.__call__
+    call = hooks.XhatHook.__call__
 
     def timed(self: Any, *a: Any) -> None:
         t = time.perf_counter()
         call(self, *a)
         FORWARD_HOOK_TIMES.append(time.perf_counter() - t)
 
-    monitor_module._XhatHook.__call__ = timed  # type: ignore[method-assign]
+    hooks.XhatHook.__call__ = timed  # type: ignore[method-assign]
 
 
 def _timed_monitor(callback: BNInit) -> None:
     monitor = callback.monitor
     assert monitor is not None
-    start, end = monitor.on_batch_start, monitor.on_batch_end
+    start, end = monitor.on_train_batch_start, monitor.on_train_batch_end
     pending: list[float] = []
 
-    def on_batch_start(trainer: pl.Trainer) -> None:
+    def on_train_batch_start(*args: Any) -> None:
         t = time.perf_counter()
-        start(trainer)
+        start(*args)
         pending.append(time.perf_counter() - t)
 
-    def on_batch_end(trainer: pl.Trainer, initial: Any) -> None:
+    def on_train_batch_end(*args: Any) -> None:
         armed = monitor._armed
+        refresh = armed and monitor.refresh_every and (len(monitor.history.steps) + 1) % monitor.refresh_every == 0
         t = time.perf_counter()
-        end(trainer, initial)
-        HOOK_TIMES[armed].append(pending.pop() + time.perf_counter() - t)
+        end(*args)
+        kind = "refresh" if refresh else "logging" if armed else "plain"
+        HOOK_TIMES[kind].append(pending.pop() + time.perf_counter() - t)
 
-    monitor.on_batch_start, monitor.on_batch_end = on_batch_start, on_batch_end  # type: ignore[method-assign]
+    monitor.on_train_batch_start = on_train_batch_start  # type: ignore[method-assign]
+    monitor.on_train_batch_end = on_train_batch_end  # type: ignore[method-assign]
 
 
 def run(arm: str, steps: int, batch: int, data: TensorDataset, root: str) -> list[tuple[float, bool]]:
@@ -116,12 +125,13 @@ def run(arm: str, steps: int, batch: int, data: TensorDataset, root: str) -> lis
     monitor = arm != "off"
     every = 1 if arm == "log" else 50
     timer = StepTimer()
-    callback = BNInit(monitor=monitor)
+    # the 'log' arm redraws the live heat maps on every 2nd logging step, so both kinds of logging step are timed
+    callback = BNInit(monitor=BNMonitor(refresh_every=2) if monitor else False)
     if monitor:
         _timed_monitor(callback)
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, max_steps=steps, log_every_n_steps=every,
-        logger=CSVLogger(root, name=arm), callbacks=[callback, timer],
+        logger=TensorBoardLogger(root, name=arm), callbacks=[callback, timer],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )
     trainer.fit(Module(), DataLoader(data, batch_size=batch, shuffle=False))
@@ -169,17 +179,22 @@ if __name__ == "__main__":
     print(f"  monitor on, non-logging steps: {on_nonlog:.4f} s/step  -> {100 * (on_nonlog / off - 1):+.2f}%")
     print(f"  monitor on, logging steps    : {on_log:.4f} s/step  -> {100 * (on_log / off - 1):+.2f}%")
     print(f"  overall, log_every_n_steps=50: {100 * (overall - 1):+.2f}%  (49 non-logging + 1 logging step)")
-    hook_nonlog = statistics.median(HOOK_TIMES[False])
-    hook_log = statistics.median(HOOK_TIMES[True])
+    hook_nonlog = statistics.median(HOOK_TIMES["plain"])
+    hook_log = statistics.median(HOOK_TIMES["logging"])
+    hook_refresh = statistics.median(HOOK_TIMES["refresh"])
     print("  time inside the monitor's hooks (precise, insensitive to machine noise):")
     print(f"    non-logging step: {1e6 * hook_nonlog:.1f} us = {100 * hook_nonlog / off:.4f}% of a step")
     print(f"    logging step    : {1e3 * hook_log:.1f} ms = {100 * hook_log / off:.2f}% of a step "
           "(+ the forward hooks' work, inside the forward)")
-    n_log = len(HOOK_TIMES[True])
+    print(f"    + live heat maps: {1e3 * hook_refresh:.1f} ms = {100 * hook_refresh / off:.2f}% of a step "
+          "(a logging step that redraws them)")
+    n_log = len(HOOK_TIMES["logging"]) + len(HOOK_TIMES["refresh"])
     fwd = sum(FORWARD_HOOK_TIMES) / max(n_log, 1)
     print(f"    x̂ forward hooks : {1e3 * fwd:.1f} ms per logging step = {100 * fwd / off:.2f}% of a step")
-    total = (49 * hook_nonlog + hook_log + fwd) / (50 * off)
-    print(f"    at log_every_n_steps=50: {100 * total:.3f}% of a step")
+    for k in (1, 10):
+        logging_step = hook_refresh / k + hook_log * (1 - 1 / k) + fwd
+        total = (49 * hook_nonlog + logging_step) / (50 * off)
+        print(f"    at log_every_n_steps=50, heat maps every {k} logging step(s): {100 * total:.3f}% of a step")
     if any(log for _, log in results["on"]):
         on_mean = statistics.fmean(t for t, _ in results["on"])
         off_mean = statistics.fmean(t for t, _ in results["off"])

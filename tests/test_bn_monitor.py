@@ -6,14 +6,14 @@ from __future__ import annotations
 import copy
 import csv
 import os
-from typing import Any
 
 import pytest
 import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import CSVLogger
 from support.helpers import Classifier, dataset, loader, tiny_net, trainer
+from support.recording import RecordingLogger
 
 from lightning_bninit import BNInit, BNMonitor
 from lightning_bninit.monitoring.stats import STATS
@@ -23,45 +23,21 @@ def _sgd(params):
     return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3)
 
 
-class RecordingLogger(Logger):
-    """Keeps every ``log_metrics`` and ``log_hyperparams`` call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[int | None, dict[str, Any]]] = []
-        self.hparams: list[dict[str, Any]] = []
-
-    @property
-    def name(self) -> str:
-        return "recording"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        self.calls.append((step, dict(metrics)))
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        self.hparams.append(dict(params))
-
-    def bn_steps(self) -> list[int | None]:
-        return [step for step, metrics in self.calls if any(k.startswith("bn/") for k in metrics)]
-
-
 def test_standalone_monitor_watches_a_standard_model(tmp_path) -> None:
     model = Classifier(tiny_net(), _sgd)
     logger = RecordingLogger()
-    monitor = BNMonitor(log_every_n_steps=2, plots=False)
+    monitor = BNMonitor(log_every_n_steps=2, plots=False, full=True)
     trainer(logger=logger, max_steps=6, callbacks=[monitor]).fit(model, loader(dataset(dtype=torch.float32)))
     assert monitor.layer_names == ["net.1", "net.4", "net.9"]  # every affine BN layer, network order
     assert logger.bn_steps() == [1, 3, 5]
     last = logger.calls[-1][1]
-    assert {f"bn/net.9/{s}" for s in STATS} <= set(last)
+    assert monitor.layer_labels == ["00_net_1", "01_net_4", "02_net_9"]
+    assert {f"bn_{s}/02_net_9" for s in STATS} <= set(last)
     # drift from the values at the start of fit: PyTorch's scale 1 and shift 0 (no BNInit here)
-    assert last["bn/net.4/scale_drift"] == pytest.approx((model.net[4].weight - 1).abs().mean().item(), rel=1e-5)
-    assert last["bn/net.4/shift_drift"] == pytest.approx(model.net[4].bias.abs().mean().item(), rel=1e-5)
-    assert last["bn/net.4/scale_drift"] > 0
+    assert last["bn_scale_drift/01_net_4"] == pytest.approx((model.net[4].weight - 1).abs().mean().item(), rel=1e-5)
+    assert last["bn_scale_drift_rel/01_net_4"] == pytest.approx(last["bn_scale_drift/01_net_4"], rel=1e-6)  # gamma0 1
+    assert last["bn_shift_drift/01_net_4"] == pytest.approx(model.net[4].bias.abs().mean().item(), rel=1e-5)
+    assert last["bn_scale_drift/01_net_4"] > 0
     assert monitor.history.steps == [1, 3, 5] and monitor.history.initial_scale == {"net.1": 1.0, "net.4": 1.0,
                                                                                     "net.9": 1.0}
     assert logger.hparams[-1]["bn_monitor"]["log_every_n_steps"] == 2
@@ -150,7 +126,7 @@ def test_settings_reach_the_loggers_as_hyperparameters(tmp_path) -> None:
     assert hparams["bninit"]["init_scale"] == 0.2 and hparams["bninit"]["scale_lr_divisor"] == 100.0
     assert hparams["bn_monitor"]["plots"] is False
     with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
-        assert "bn/net.1/scale_drift" in next(csv.reader(f))
+        assert "bn_scale_drift_rel/00_net_1" in next(csv.reader(f))
 
 
 def test_state_key_names_what_is_recorded_not_the_output_options(monkeypatch) -> None:

@@ -419,7 +419,8 @@ def test_cli_fit_and_test(archive, tmp_path, bninit):
         assert not csv
         return
     header = csv[0].read_text().splitlines()[0].split(",")
-    assert {"bn/all/scale_drift", "bn/net.features.1/xhat_bound_ratio", "bn/bninit_input_norm/scale_mean"} <= set(header)
+    assert {"bn/all/scale_drift", "bn_xhat_bound_ratio/01_net_features_1", "bn_scale_drift_rel/00_bninit_input_norm"
+            } <= set(header)
 
 
 REAL_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"

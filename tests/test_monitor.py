@@ -16,7 +16,7 @@ from torch import nn
 from support.helpers import Classifier, dataset, loader, tiny_net, trainer as make_trainer
 from lightning_bninit import BNInit
 from lightning_bninit import BNMonitor
-from lightning_bninit.monitoring.stats import STATS, param_stats, summarize, xhat_stats
+from lightning_bninit.monitoring.stats import COMPACT_STATS, STATS, param_stats, summarize, xhat_stats
 
 # ------------------------------------------------------------------------------------------------ pure statistics
 
@@ -27,7 +27,8 @@ def test_xhat_stats_single_outlier_is_sqrt_m_minus_1() -> None:
     x[0, 0] = a
     x[:, 1] = torch.linspace(-1, 1, m)
     w, b = torch.tensor([0.5, 0.5]), torch.tensor([0.25, 0.0])
-    absmax, ratio, frac, out_absmax = xhat_stats(x, eps, w, b).tolist()
+    absmax, ratio, frac, out_absmax, count = xhat_stats(x, eps, w, b).tolist()
+    assert count == m  # recorded per layer: the bound sqrt(m - 1) is known
     # one value a, the rest 0: mean a/m, biased var a^2 (m-1)/m^2
     expected = (a - a / m) / math.sqrt(a * a * (m - 1) / m**2 + eps)
     assert absmax == pytest.approx(expected, rel=1e-6)
@@ -47,7 +48,8 @@ def test_xhat_stats_matches_batch_norm_2d_and_bf16_stays_float32() -> None:
         bn.bias.copy_(torch.tensor([0.0, 0.3, -1.0]))
         reference_xhat = nn.functional.batch_norm(x, None, None, training=True, eps=1e-3)
         reference_out = bn(x)
-    absmax, ratio, frac, out_absmax = xhat_stats(x, bn.eps, bn.weight, bn.bias).tolist()
+    absmax, ratio, frac, out_absmax, count = xhat_stats(x, bn.eps, bn.weight, bn.bias).tolist()
+    assert count == 4 * 5 * 5
     assert absmax == pytest.approx(reference_xhat.abs().max().item(), rel=1e-5)
     assert ratio == pytest.approx(absmax / math.sqrt(4 * 5 * 5 - 1), rel=1e-6)
     assert frac == pytest.approx((reference_xhat.abs() > 3).float().mean().item())
@@ -68,12 +70,18 @@ def test_param_stats_by_hand() -> None:
     assert (got["shift_mean"], got["shift_std"]) == pytest.approx((0.0, 1.0))
     assert got["scale_drift"] == pytest.approx(0.1)  # (0 + 0.2) / 2
     assert got["shift_drift"] == pytest.approx(1.0)
+    assert got["scale_drift_rel"] == pytest.approx(1.0)  # 0.1 / mean |gamma0| = 0.1 / 0.1
+    assert got["scale_absmax_rel"] == pytest.approx(3.0)  # max |gamma| / mean |gamma0|
 
 
 # What each network summary is, from docs/design.md ("The monitor"), written out rather than read from the code.
-SUMMARY = {"xhat_absmax": max, "xhat_bound_ratio": max, "out_absmax": max, "scale_max": max,
-           "scale_drift": lambda v: sum(v) / len(v), "shift_drift": lambda v: sum(v) / len(v),
-           "xhat_frac_gt3": lambda v: sum(v) / len(v)}
+def _mean(v: list[float]) -> float:
+    return sum(v) / len(v)
+
+
+SUMMARY = {"xhat_absmax": max, "xhat_bound_ratio": max, "out_absmax": max, "scale_max": max, "scale_min": min,
+           "scale_drift": _mean, "shift_drift": _mean, "xhat_frac_gt3": _mean, "scale_drift_rel": _mean}
+LABELS = {"net.1": "00_net_1", "net.4": "01_net_4", "net.9": "02_net_9"}
 
 
 def test_network_summaries_are_maxima_and_means_over_layers() -> None:
@@ -84,22 +92,23 @@ def test_network_summaries_are_maxima_and_means_over_layers() -> None:
     for stat, reduce in SUMMARY.items():
         column = [v for v in rows[:, STATS.index(stat)].tolist() if not math.isnan(v)]
         assert float(got[stat]) == pytest.approx(reduce(column), rel=1e-12), stat
-        assert max(column) != pytest.approx(sum(column) / len(column))  # the two readings differ here
+        assert max(column) != pytest.approx(sum(column) / len(column))  # the readings differ here
+        assert min(column) != pytest.approx(sum(column) / len(column))
 
 
 def test_network_summaries_in_the_logged_rows_of_a_three_layer_network(tmp_path) -> None:
     model = Classifier(tiny_net(), _sgd)
     trainer = _csv_trainer(tmp_path, max_steps=3, log_every_n_steps=1,
-                           callbacks=[BNInit(monitor=BNMonitor(plots=False, console_summary=False))])
+                           callbacks=[BNInit(monitor=BNMonitor(full=True, plots=False, console_summary=False))])
     trainer.fit(model, loader(dataset(dtype=torch.float32)))
     rows = _rows(trainer.log_dir)
     logged = [r for r in rows if r.get("bn/all/scale_drift")]
     assert len(logged) == 3
     for row in logged:
         for stat, reduce in SUMMARY.items():
-            per_layer = [float(row[f"bn/{layer}/{stat}"]) for layer in ("net.1", "net.4", "net.9")]
+            per_layer = [float(row[f"bn_{stat}/{label}"]) for label in LABELS.values()]
             assert float(row[f"bn/all/{stat}"]) == pytest.approx(reduce(per_layer), rel=1e-6), stat
-    drifts = [float(logged[-1][f"bn/{layer}/scale_drift"]) for layer in ("net.1", "net.4", "net.9")]
+    drifts = [float(logged[-1][f"bn_scale_drift/{label}"]) for label in LABELS.values()]
     assert len(set(drifts)) == 3  # layers moved differently, so a max would not pass for the mean
 
 
@@ -131,17 +140,24 @@ def test_bn_statistics_for_plain_loops() -> None:
     with capture_xhat(net) as xhat:
         net(x)
     assert all(len(net[i]._forward_hooks) == 1 for i in (1, 4, 9))  # only the test's own: the capture's are gone
-    got = bn_statistics(net, initial, xhat)
-    for name, i in (("1", 1), ("4", 4), ("9", 9)):
+    got = bn_statistics(net, initial, xhat, full=True)
+    for name, i in (("00_1", 1), ("01_4", 4), ("02_9", 9)):
         bn = net[i]
-        expected = [*param_stats(bn.weight, bn.bias, initial[name]["scale"], initial[name]["shift"]).tolist(),
+        init = initial[name[3:]]
+        expected = [*param_stats(bn.weight, bn.bias, init["scale"], init["shift"]).tolist(),
                     *xhat_stats(inputs[i], bn.eps, bn.weight, bn.bias).tolist()]
-        assert [got[f"bn/{name}/{stat}"] for stat in STATS] == pytest.approx(expected, rel=1e-6, abs=1e-9)
-    assert got["bn/4/scale_drift"] == pytest.approx(0.25)
+        assert [got[f"bn_{stat}/{name}"] for stat in STATS] == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    assert got["bn_scale_drift/01_4"] == pytest.approx(0.25)
     assert got["bn/all/scale_drift"] == pytest.approx(0.25 / 3)
+    # The default is the compact set: per layer drift / gamma0, the bound ratio and the shift drift, plus bn/all.
+    compact = bn_statistics(net, initial, xhat)
+    assert {k for k in compact if not k.startswith("bn/all/")} == {
+        f"bn_{s}/{label}" for s in COMPACT_STATS for label in ("00_1", "01_4", "02_9")}
+    assert compact["bn_scale_drift_rel/01_4"] == pytest.approx(0.25 / initial["4"]["scale"].abs().mean().item())
     # Without initial values or a capture, the drift and x̂ keys are left out; layers can be chosen by name.
-    bare = bn_statistics(net, layers=["4"])
-    assert set(bare) == {f"bn/4/{s}" for s in STATS[:6]} | {"bn/all/scale_max"}
+    bare = bn_statistics(net, layers=["4"], full=True)
+    assert set(bare) == {f"bn_{s}/00_4" for s in STATS[:6]} | {
+        "bn/all/scale_max", "bn/all/scale_min", "bn/all/layers_near_bound", "bn/all/layers_collapsed"}
     with capture_xhat(net, enabled=False) as idle:
         net(x)
     assert idle.values() == {}
@@ -194,16 +210,16 @@ def test_planted_outlier_and_drift_in_metrics_csv(tmp_path, caplog) -> None:
     x[:, 1] = torch.linspace(-1, 1, m)
     y = torch.arange(m) % 2
     model = Classifier(nn.Sequential(nn.BatchNorm1d(2), nn.Linear(2, 2)), _sgd)
-    callback = BNInit()
+    callback = BNInit(monitor=BNMonitor(full=True))
     trainer = _csv_trainer(tmp_path, max_steps=1, log_every_n_steps=1, callbacks=[callback])
     caplog.set_level("INFO", logger="lightning_bninit")
     trainer.fit(model, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=m))
 
     rows = _rows(trainer.log_dir)
     columns = set(rows[0])
-    assert {f"bn/net.0/{s}" for s in STATS} <= columns
+    assert {f"bn_{s}/00_net_0" for s in STATS} <= columns
     assert {"bn/all/xhat_absmax", "bn/all/scale_drift", "bn/all/shift_drift"} <= columns
-    got = {s: _values(rows, f"bn/net.0/{s}")[0] for s in STATS}
+    got = {s: _values(rows, f"bn_{s}/00_net_0")[0] for s in STATS}
     assert got["xhat_absmax"] == pytest.approx(math.sqrt(m - 1), rel=1e-5)
     assert got["xhat_bound_ratio"] == pytest.approx(1.0, rel=1e-5)
     assert got["xhat_frac_gt3"] == pytest.approx(1 / (2 * m))
@@ -215,7 +231,8 @@ def test_planted_outlier_and_drift_in_metrics_csv(tmp_path, caplog) -> None:
     assert _values(rows, "bn/all/xhat_absmax")[0] == pytest.approx(math.sqrt(m - 1), rel=1e-5)
 
     # end of fit: PNG plots in the logger's directory and the summary table through the package's logger
-    assert sorted(os.listdir(os.path.join(trainer.log_dir, "bn_monitor"))) == ["peak_xhat.png", "scale_drift.png"]
+    assert sorted(os.listdir(os.path.join(trainer.log_dir, "bn_monitor"))) == [
+        "peak_xhat.png", "scale_drift.png", "summary.csv", "xhat_bound_ratio.png"]
     (table,) = [r.getMessage() for r in caplog.records if r.name.startswith("lightning_bninit")
                 and "BN layers at the end of fit" in r.getMessage()]
     assert "net.0" in table
@@ -229,9 +246,9 @@ def test_monitoring_steps_follow_lightning_log_every_n_steps(tmp_path, accumulat
     trainer.fit(model, loader(dataset(n=112, dtype=torch.float32)))
     rows = _rows(trainer.log_dir)
     loss_steps = sorted(_values(rows, "loss"))
-    bn_steps = sorted(_values(rows, "bn/net.1/xhat_absmax"))
+    bn_steps = sorted(_values(rows, "bn_xhat_bound_ratio/00_net_1"))
     assert loss_steps == bn_steps == [2, 5]
-    assert sorted(_values(rows, "bn/net.1/scale_drift")) == [2, 5]
+    assert sorted(_values(rows, "bn_scale_drift_rel/00_net_1")) == [2, 5]
     # hooks only on the (micro-)batch of the logging steps; no hook on any other step
     assert model.hooked_steps == [2, 5]
     assert not any(m._forward_hooks for m in model.modules())
@@ -242,12 +259,12 @@ def test_own_interval_and_monitor_off(tmp_path) -> None:
     trainer = _csv_trainer(tmp_path / "a", max_steps=4, log_every_n_steps=1,
                            callbacks=[BNInit(monitor=BNMonitor(log_every_n_steps=2, plots=False))])
     trainer.fit(model, loader(dataset(dtype=torch.float32)))
-    assert sorted(_values(_rows(trainer.log_dir), "bn/net.4/scale_mean")) == [1, 3]
+    assert sorted(_values(_rows(trainer.log_dir), "bn_shift_drift/01_net_4")) == [1, 3]
 
     model = LoggingClassifier(tiny_net(), _sgd)
     trainer = _csv_trainer(tmp_path / "b", max_steps=2, log_every_n_steps=1, callbacks=[BNInit(monitor=False)])
     trainer.fit(model, loader(dataset(dtype=torch.float32)))
-    assert not any(k.startswith("bn/") for k in _rows(trainer.log_dir)[0])
+    assert not any(k.startswith("bn") for k in _rows(trainer.log_dir)[0])
     assert model.hooked_steps == []
 
 
@@ -266,12 +283,12 @@ def test_resume_keeps_drift_relative_to_original_init(tmp_path) -> None:
     model = Classifier(tiny_net(), _sgd)
     trainer = _csv_trainer(tmp_path / "second", max_epochs=2, log_every_n_steps=1, callbacks=[BNInit()])
     trainer.fit(model, data, ckpt_path=ckpt.last_model_path)
-    drift = _values(_rows(trainer.log_dir), "bn/net.1/scale_drift")
+    drift = _values(_rows(trainer.log_dir), "bn_scale_drift_rel/00_net_1")  # mean |gamma - gamma0| / 0.1
     last = max(drift)
     assert last == trainer.fit_loop.epoch_loop._batches_that_stepped - 1
-    assert drift[last] == pytest.approx((model.net[1].weight - 0.1).abs().mean().item(), rel=1e-5)
+    assert drift[last] == pytest.approx((model.net[1].weight - 0.1).abs().mean().item() / 0.1, rel=1e-5)
     # relative to the checkpoint's values the drift would be much smaller than from the original init
-    assert drift[last] > (model.net[1].weight - moved.net[1].weight).abs().mean().item()
+    assert drift[last] * 0.1 > (model.net[1].weight - moved.net[1].weight).abs().mean().item()
 
 
 def test_tensorboard_logger_gets_the_scalars(tmp_path) -> None:
@@ -284,8 +301,8 @@ def test_tensorboard_logger_gets_the_scalars(tmp_path) -> None:
     events = EventAccumulator(trainer.log_dir)
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {f"bn/net.9/{s}" for s in STATS} <= tags
-    assert [e.step for e in events.Scalars("bn/net.1/xhat_absmax")] == [0, 1]
+    assert {f"bn_{s}/02_net_9" for s in COMPACT_STATS} <= tags
+    assert [e.step for e in events.Scalars("bn_xhat_bound_ratio/00_net_1")] == [0, 1]
 
 
 def test_compiled_model_skips_activations_with_one_warning(tmp_path) -> None:
@@ -298,8 +315,8 @@ def test_compiled_model_skips_activations_with_one_warning(tmp_path) -> None:
     mine = [w for w in caught if "torch.compile" in str(w.message) and "BNInit" in str(w.message)]
     assert len(mine) == 1
     rows = _rows(trainer.log_dir)
-    assert sorted(_values(rows, "bn/net.1/scale_drift")) == [0, 1, 2]
-    assert not any("xhat" in k for k in rows[0] if k.startswith("bn/net"))
+    assert sorted(_values(rows, "bn_scale_drift_rel/00_net_1")) == [0, 1, 2]
+    assert not any(k.startswith("bn_xhat") for k in rows[0])
     assert model.hooked_steps == []
 
 
@@ -313,10 +330,10 @@ def test_wandb_offline_run_file_has_keys_histograms_and_summary_table(tmp_path) 
 
     assert os.environ.get("WANDB_MODE") == "offline"
     logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="bninit-test")
-    callback = BNInit(input_norm=True)
+    callback = BNInit(input_norm=True, monitor=BNMonitor(full=True))
     trainer = make_trainer(logger=logger, max_steps=4, log_every_n_steps=2, callbacks=[callback])
     trainer.fit(Classifier(tiny_net(), _sgd), loader(dataset(dtype=torch.float32)))
-    layers = callback.layer_names
+    layers = callback.monitor.layer_labels
     run_dir = logger.experiment.dir
     logger.experiment.finish()
 
@@ -326,7 +343,7 @@ def test_wandb_offline_run_file_has_keys_histograms_and_summary_table(tmp_path) 
     assert [r["trainer/global_step"] for r in scalars] == [1, 3]
     for layer in layers:
         for stat in STATS:
-            assert f"bn/{layer}/{stat}" in scalars[-1]
+            assert f"bn_{stat}/{layer}" in scalars[-1]
     hists = [r for r in history if any(k.startswith("bn_hist_scale/") for k in r)]
     assert len(hists) == 2
     for layer in layers:
@@ -338,16 +355,18 @@ def test_wandb_offline_run_file_has_keys_histograms_and_summary_table(tmp_path) 
     assert final["bn_summary/layers/_type"] == "table-file"
     with open(os.path.join(run_dir, final["bn_summary/layers/path"])) as f:
         table = json.load(f)
-    assert table["columns"] == ["layer", "init", "final_scale_mean", "scale_drift", "peak_xhat"]
-    assert [row[0] for row in table["data"]] == layers
+    assert table["columns"][:5] == ["layer", "m", "sqrt_m_minus_1", "peak_xhat", "peak_ratio"]
+    assert sorted(row[0] for row in table["data"]) == sorted(callback.layer_names)
+    ratios = [row[4] for row in table["data"]]
+    assert ratios == sorted(ratios, reverse=True)  # worst layers first
     for stat in ("scale_drift", "xhat_absmax"):
-        assert final[f"bn_{stat}/by_layer_table/_type"] == "table-file"
+        assert final[f"bn_by_layer/{stat}_table/_type"] == "table-file"
     assert final["bn_plots/scale_drift/_type"] == "image-file"
     assert final["bn_plots/peak_xhat/_type"] == "image-file"
 
     config = wandb_reader.config(records)
     assert config["bninit"]["init_scale"] == 0.1
-    assert any(m.name == f"bn/{layers[0]}/xhat_absmax" and m.summary.max
+    assert any(m.name == f"bn_xhat_absmax/{layers[0]}" and m.summary.max
                for m in wandb_reader.metric_definitions(records))
 
 
@@ -363,7 +382,7 @@ def test_ddp_two_cpu_processes_log_once_with_max_over_ranks(tmp_path) -> None:
     files = glob.glob(str(tmp_path / "**" / "metrics.csv"), recursive=True)
     assert len(files) == 1
     rows = _rows(os.path.dirname(files[0]))
-    logged = _values(rows, "bn/net.0/xhat_absmax")
+    logged = _values(rows, "bn_xhat_absmax/00_net_0")
     assert sorted(logged) == [0, 1, 2]  # each step once
     local = {r: json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)}
     for step, value in logged.items():
@@ -383,7 +402,7 @@ def test_sync_batchnorm_statistics_on_two_gloo_processes(tmp_path) -> None:
     run_script("sync_bn_gloo.py", tmp_path)
     x, bn = batch(), model()[0]
     var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
-    whole = dict(zip(("xhat_absmax", "xhat_bound_ratio", "xhat_frac_gt3", "out_absmax"),
+    whole = dict(zip(("xhat_absmax", "xhat_bound_ratio", "xhat_frac_gt3", "out_absmax", "m"),
                      xhat_stats(x, bn.eps, bn.weight, bn.bias).tolist()))
     params = dict(zip(STATS, param_stats(bn.weight, bn.bias, torch.full((3,), 0.1), torch.zeros(3)).tolist()))
     # Each half on its own (what a plain BatchNorm would see) gives other values: the test tells them apart.
@@ -397,7 +416,16 @@ def test_sync_batchnorm_statistics_on_two_gloo_processes(tmp_path) -> None:
         assert saved["count"] == 8 * 4 * 4
         logged = saved["logged"]
         for stat, value in {**whole, **params}.items():
-            assert logged[f"bn/0/{stat}"] == pytest.approx(value, rel=1e-5, abs=1e-7), (rank, stat)
+            assert logged[f"bn_{stat}/00_0"] == pytest.approx(value, rel=1e-5, abs=1e-7), (rank, stat)
         assert logged["bn/all/xhat_absmax"] == pytest.approx(whole["xhat_absmax"], rel=1e-5)
     local = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["local_xhat"][0].item() for r in (0, 1)]
     assert local[1] > local[0] and local[1] == pytest.approx(whole["xhat_absmax"], rel=1e-5)  # the outlier's rank
+
+
+def test_reduce_over_ranks_takes_the_max_except_the_fraction_which_is_the_mean() -> None:
+    from lightning_bninit.monitoring.stats import XHAT_STATS, reduce_over_ranks
+
+    gathered = torch.tensor([[[4.0, 0.5, 0.1, 2.0, 16.0]], [[6.0, 0.75, 0.3, 1.0, 16.0]]])  # [world 2, layers 1, 5]
+    got = dict(zip(XHAT_STATS, reduce_over_ranks(gathered)[0].tolist()))
+    assert got == pytest.approx({"xhat_absmax": 6.0, "xhat_bound_ratio": 0.75, "xhat_frac_gt3": 0.2,
+                                 "out_absmax": 2.0, "m": 16.0})

@@ -22,22 +22,22 @@ def test_histograms_share_the_row_of_their_step_and_the_prefix_is_honoured(tmp_p
     assert os.environ.get("WANDB_MODE") == "offline"
     monkeypatch.setenv("WANDB_MODE", "offline")  # WandbLogger(offline=True) changes it; restore it afterwards
     logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="bninit-test", prefix="exp1")
-    callback = BNInit(monitor=BNMonitor(log_every_n_steps=2, plots=False))
+    callback = BNInit(monitor=BNMonitor(log_every_n_steps=2, plots=False, histograms=True))
     trainer(logger=logger, max_steps=4, callbacks=[callback]).fit(
         Classifier(tiny_net(), _sgd), loader(dataset(dtype=torch.float32)))
-    layers = callback.layer_names
+    layers = callback.monitor.layer_labels
     logger.experiment.finish()
 
     records = wandb_reader.read_finished_run(str(tmp_path))
     rows = [r for r in wandb_reader.history(records) if any(k.startswith("exp1-bn/") for k in r)]
     assert [r["trainer/global_step"] for r in rows] == [1, 3]  # one row per logging step...
     for row in rows:  # ...holding both the scalars and the histograms of that step
-        assert f"exp1-bn/{layers[0]}/scale_drift" in row
+        assert f"exp1-bn_scale_drift_rel/{layers[0]}" in row
         assert row[f"exp1-bn_hist_scale/{layers[0]}/_type"] == "histogram"
     history = wandb_reader.history(records)
     assert not [k for r in history for k in r if k.startswith(("bn/", "bn_hist", "bn_summary"))]  # all prefixed
     assert history[-1]["exp1-bn_summary/layers/_type"] == "table-file"
-    assert any(m.name == f"exp1-bn/{layers[0]}/xhat_absmax" and m.summary.max
+    assert any(m.name == f"exp1-bn_xhat_bound_ratio/{layers[0]}" and m.summary.max
                for m in wandb_reader.metric_definitions(records))
     config = wandb_reader.config(records)
     assert config["bninit"]["init_scale"] == 0.1 and config["bn_monitor"]["log_every_n_steps"] == 2

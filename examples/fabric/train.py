@@ -10,7 +10,7 @@ was still learning. With ``--devices 2`` each process sees half of each epoch, s
 
 Same network, data and optimizer as ``examples/digits`` (SGD with momentum, weight decay, a per-step cosine
 schedule); the optimizer is built on ``model.parameters()`` as usual, and ``attach`` applies the method to it. Every
-``--log-every`` steps the BN statistics (``bn/<layer>/<stat>``, ``bn/all/<stat>``) and the loss go to Fabric's
+``--log-every`` steps the BN statistics (``bn_<stat>/<label>``, ``bn/all/<stat>``) and the loss go to Fabric's
 ``CSVLogger`` under ``--out`` (``<out>/fabric_digits/version_0/metrics.csv``).
 """
 

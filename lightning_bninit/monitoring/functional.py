@@ -1,8 +1,11 @@
-"""The monitor's statistics as a plain function, for loops without a Trainer (Fabric, plain PyTorch).
+"""The monitor's statistics as small functional steps, shared by ``BNMonitor`` and :func:`bn_statistics`.
 
-:func:`bn_statistics` returns what ``BNMonitor`` logs on a logging step (``bn/<layer>/<stat>`` and ``bn/all/<stat>``,
-``docs/design.md``) as a dict of floats; the caller logs it wherever it likes. The x̂ statistics need the BN inputs
-of a forward pass: run that forward inside :func:`capture_xhat` on the steps you log.
+:func:`bn_statistics` returns what ``BNMonitor`` logs on a logging step (``bn_<stat>/<label>`` and
+``bn/all/<stat>``, ``docs/design.md``) as a dict of floats, for loops without a Trainer (Fabric, plain PyTorch); the
+caller logs it wherever it likes. The x̂ statistics need the BN inputs of a forward pass: run that forward inside
+:func:`capture_xhat` on the steps you log. The steps, in the order the callback runs them too: :func:`watched_layers`
+(which layers), :func:`update` (one ``[layers, len(STATS)]`` tensor: parameters, x̂, reduced over ranks) and
+:func:`compute` (the logged keys from its host copy).
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from lightning_bninit import compat
 from lightning_bninit.method.input_norm import InputNorm
 from lightning_bninit.method.layers import find_bn_layers, is_materialized
 from lightning_bninit.monitoring.hooks import XhatHook
-from lightning_bninit.monitoring.stats import PARAM_STATS, XHAT_STATS, param_stats, reduce_over_ranks, to_metrics
+from lightning_bninit.monitoring.stats import (
+    DEFAULT_BOUND_RATIO, DEFAULT_SCALE_COLLAPSE, PARAM_STATS, XHAT_STATS, layer_labels, param_stats, reduce_over_ranks,
+    to_metrics,
+)
 
 Initial = Mapping[str, Mapping[str, torch.Tensor]]
 AllGather = Callable[[torch.Tensor], torch.Tensor]
@@ -32,9 +38,15 @@ class XhatCapture:
         self.hooks = {name: XhatHook() for name in names}
 
     def values(self) -> dict[str, torch.Tensor]:
-        """Per layer that saw a batch in training mode, ``[xhat_absmax, xhat_bound_ratio, xhat_frac_gt3,
-        out_absmax]``."""
+        """Per layer that saw a batch in training mode, its :data:`~lightning_bninit.monitoring.stats.XHAT_STATS`."""
         return {name: hook.value for name, hook in self.hooks.items() if hook.value is not None}
+
+    def take(self) -> dict[str, torch.Tensor]:
+        """:meth:`values`, and forget them (the callback reuses one capture over its logging steps)."""
+        values = self.values()
+        for hook in self.hooks.values():
+            hook.value = None
+        return values
 
 
 @contextmanager
@@ -50,7 +62,7 @@ def capture_xhat(
         enabled: ``False`` registers nothing (for the steps you do not log), so the forward costs nothing extra.
     """
     model = _unwrapped(model)
-    watched = _layers(model, layers)
+    watched = watched_layers(model, layers)
     capture = XhatCapture(list(watched) if enabled else [])
     handles = [watched[name].register_forward_hook(hook) for name, hook in capture.hooks.items()]
     try:
@@ -67,8 +79,11 @@ def bn_statistics(
     *,
     layers: Sequence[str] | None = None,
     all_gather: AllGather | None = None,
+    full: bool = False,
+    alert_bound_ratio: float = DEFAULT_BOUND_RATIO,
+    alert_scale_collapse: float = DEFAULT_SCALE_COLLAPSE,
 ) -> dict[str, float]:
-    """The BN monitor's statistics of ``model`` now, as ``{"bn/<layer>/<stat>": value, "bn/all/<stat>": value}``.
+    """The BN monitor's statistics of ``model`` now: the keys ``BNMonitor`` logs with the same options.
 
     Args:
         model: the model, or the module ``fabric.setup`` returned.
@@ -79,9 +94,14 @@ def bn_statistics(
         all_gather: under DDP, a function gathering a tensor from every rank (``fabric.all_gather``): x̂ statistics
             are then the max over ranks (``xhat_frac_gt3`` the mean), as ``BNMonitor`` logs them. Call it on every
             rank.
+        full: every statistic per layer, not only the compact ``scale_drift_rel``, ``xhat_bound_ratio`` and
+            ``shift_drift`` (as ``BNMonitor(full=True)``).
+        alert_bound_ratio, alert_scale_collapse: the thresholds of the ``bn/all/layers_near_bound`` and
+            ``bn/all/layers_collapsed`` counts (``BNMonitor``'s options of the same names).
 
     Returns:
-        Floats, one host synchronization for all of them; statistics that are unknown (NaN) are left out.
+        ``{"bn_<stat>/<label>": value, "bn/all/<stat>": value}`` as floats, one host synchronization for all of them;
+        statistics that are unknown (NaN) are left out.
 
     Raises:
         ValueError: for a layer name that is not a BN layer of ``model``.
@@ -94,9 +114,11 @@ def bn_statistics(
             fabric.log_dict(bn_statistics(model, handle.initial_values, xhat, all_gather=fabric.all_gather), step)
     """
     model = _unwrapped(model)
-    watched = _arg_validation(model, initial, layers)
-    rows = _update(watched, initial, xhat, all_gather)
-    return _compute(list(watched), rows)
+    names = layers if layers is not None else (list(initial) if initial else None)
+    watched = watched_layers(model, names)
+    rows = update(watched, initial, xhat.values() if xhat is not None else None, all_gather)
+    return compute(layer_labels(list(watched)), rows.tolist(), full=full, bound_ratio=alert_bound_ratio,
+                   scale_collapse=alert_scale_collapse)
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:
@@ -105,7 +127,12 @@ def _unwrapped(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _layers(model: nn.Module, names: Sequence[str] | None) -> dict[str, _BatchNorm]:
+def watched_layers(model: nn.Module, names: Sequence[str] | None = None) -> dict[str, _BatchNorm]:
+    """The BN layers by qualified name: ``names`` in that order, or every affine BN layer, the input BN first.
+
+    Raises:
+        ValueError: for a name that is not a BN layer of ``model``.
+    """
     if names is None:
         found = find_bn_layers(model)
         return dict(sorted(found.items(), key=lambda kv: not isinstance(kv[1], InputNorm)))  # input BN first
@@ -116,37 +143,49 @@ def _layers(model: nn.Module, names: Sequence[str] | None) -> dict[str, _BatchNo
     return {n: modules[n] for n in names}  # type: ignore[misc]
 
 
-def _arg_validation(model: nn.Module, initial: Initial | None, layers: Sequence[str] | None) -> dict[str, _BatchNorm]:
-    names = layers if layers is not None else (list(initial) if initial else None)
-    return {n: bn for n, bn in _layers(model, names).items() if is_materialized(bn)}
-
-
-def _update(
-    layers: dict[str, _BatchNorm], initial: Initial | None, xhat: XhatCapture | None, all_gather: AllGather | None
+def update(
+    layers: Mapping[str, _BatchNorm],
+    initial: Initial | None,
+    xhat: Mapping[str, torch.Tensor] | None,
+    all_gather: AllGather | None = None,
 ) -> torch.Tensor:
-    """``[layers, len(STATS)]`` on the layers' device (NaN where unknown), x̂ reduced over ranks."""
+    """``[layers, len(STATS)]`` on the layers' device, NaN where unknown: a lazy layer not materialized yet, drift
+    without initial values, x̂ of a layer that saw no batch; with ``xhat`` and ``all_gather`` (call it on every rank)
+    the x̂ columns are reduced over ranks."""
     if not layers:
         return torch.zeros(0, len(PARAM_STATS) + len(XHAT_STATS))
     device = next(iter(layers.values())).weight.device
-    params = [_param_row(name, bn, initial, device) for name, bn in layers.items()]
-    measured = xhat.values() if xhat is not None else {}
+    params = torch.stack([param_row(bn, (initial or {}).get(name), device) for name, bn in layers.items()])
     nan = torch.full((len(XHAT_STATS),), math.nan, device=device)
+    measured = xhat or {}
     x = torch.stack([measured[n].to(device) if n in measured else nan for n in layers])
     if all_gather is not None and xhat is not None:
         gathered = all_gather(x)
-        if gathered.dim() == 3:  # [world, layers, 4]; a single process returns the tensor as it is
+        if gathered.dim() == 3:  # [world, layers, 5]; a single process returns the tensor as it is
             x = reduce_over_ranks(gathered)
-    return torch.cat([torch.stack(params), x], dim=1)
+    return torch.cat([params, x], dim=1)
 
 
-def _param_row(name: str, bn: _BatchNorm, initial: Initial | None, device: torch.device) -> torch.Tensor:
-    init = (initial or {}).get(name)
+def param_row(bn: _BatchNorm, init: Mapping[str, torch.Tensor] | None, device: torch.device) -> torch.Tensor:
+    """:data:`PARAM_STATS` of one layer; the drift columns NaN without ``init``, all NaN before materialization."""
+    if not is_materialized(bn):
+        return torch.full((len(PARAM_STATS),), math.nan, device=device)
     if init is None:
         zeros = torch.zeros_like(bn.weight, dtype=torch.float32)
-        row = param_stats(bn.weight, bn.bias, zeros, zeros)
-        return torch.cat([row[:-2], torch.full((2,), math.nan, device=row.device)]).to(device)
-    return param_stats(bn.weight, bn.bias, init["scale"].to(device), init["shift"].to(device)).to(device)
+        row = param_stats(bn.weight, bn.bias, zeros, zeros).to(device)
+        drift = [PARAM_STATS.index(s) for s in ("scale_drift", "shift_drift", "scale_drift_rel", "scale_absmax_rel")]
+        row[drift] = math.nan
+        return row
+    return param_stats(bn.weight, bn.bias, init["scale"], init["shift"]).to(device)
 
 
-def _compute(names: list[str], rows: torch.Tensor) -> dict[str, float]:
-    return to_metrics(names, rows.tolist())
+def compute(
+    labels: Sequence[str],
+    values: Sequence[Sequence[float]],
+    *,
+    full: bool = False,
+    bound_ratio: float = DEFAULT_BOUND_RATIO,
+    scale_collapse: float = DEFAULT_SCALE_COLLAPSE,
+) -> dict[str, float]:
+    """The logged keys from the host copy of :func:`update` (:func:`~lightning_bninit.monitoring.stats.to_metrics`)."""
+    return to_metrics(labels, values, full=full, bound_ratio=bound_ratio, scale_collapse=scale_collapse)

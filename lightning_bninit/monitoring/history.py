@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from lightning_bninit.monitoring.stats import PARAM_STATS, STATS
+from lightning_bninit.monitoring.stats import PARAM_STATS, STATS, layer_labels
 
 
 @dataclass
@@ -44,24 +44,44 @@ class MonitorHistory:
             out.append(max(valid) if valid else float("nan"))
         return out
 
-    def summary_rows(self) -> list[dict[str, Any]]:
-        """Per layer: ``layer``, ``init`` (mean initial scale), ``final_scale_mean``, ``scale_drift``, ``peak_xhat``.
+    @property
+    def labels(self) -> list[str]:
+        """The layers' labels in the logged keys (``bn_<stat>/<label>``), in network order."""
+        return layer_labels(self.layer_names)
 
-        The final values are those measured at the end of fit, or else at the last logging step.
+    def summary_rows(self) -> list[dict[str, Any]]:
+        """Per layer, worst first (highest peak |x̂| / sqrt(m − 1), then largest drift / γ₀): ``layer``, ``m``,
+        ``sqrt_m_minus_1``, ``peak_xhat``, ``peak_ratio``, ``scale_drift_rel``, ``shift_drift``, ``init`` (mean γ₀),
+        ``final_scale_mean``, ``scale_drift``.
+
+        Peaks are maxima over the logged steps; ``m`` is that of the step of the peak ratio (the last batch of an
+        epoch can be smaller); the final values are those measured at the end of fit, or else at the last logging
+        step.
         """
         last = self._last_param_stats()
-        peaks = self.peaks("xhat_absmax") if self.rows else [float("nan")] * len(self.layer_names)
         rows = []
-        for name, peak in zip(self.layer_names, peaks):
+        for name, (m, ratio, peak) in zip(self.layer_names, self._peak_ratio_and_m()):
             final = self.final.get(name) or last.get(name)
+            value = (lambda stat: final[PARAM_STATS.index(stat)] if final else math.nan)  # noqa: E731
             rows.append({
-                "layer": name,
-                "init": self.initial_scale.get(name, float("nan")),
-                "final_scale_mean": final[PARAM_STATS.index("scale_mean")] if final else float("nan"),
-                "scale_drift": final[PARAM_STATS.index("scale_drift")] if final else float("nan"),
-                "peak_xhat": peak,
+                "layer": name, "m": m, "sqrt_m_minus_1": math.sqrt(m - 1) if m > 1 else math.nan,
+                "peak_xhat": peak, "peak_ratio": ratio, "scale_drift_rel": value("scale_drift_rel"),
+                "shift_drift": value("shift_drift"), "init": self.initial_scale.get(name, math.nan),
+                "final_scale_mean": value("scale_mean"), "scale_drift": value("scale_drift"),
             })
-        return rows
+        return sorted(rows, key=_worst_first)
+
+    def _peak_ratio_and_m(self) -> list[tuple[float, float, float]]:
+        """Per layer, (m at the step of the peak ratio, the peak ratio, the peak |x̂|); NaN where never measured."""
+        if not self.rows:
+            return [(math.nan, math.nan, math.nan)] * len(self.layer_names)
+        out = []
+        peaks = self.peaks("xhat_absmax")
+        for ratios, ms, peak in zip(self.series("xhat_bound_ratio"), self.series("m"), peaks):
+            valid = [(r, m) for r, m in zip(ratios, ms) if not math.isnan(r)]
+            ratio, m = max(valid) if valid else (math.nan, math.nan)
+            out.append((m, ratio, peak))
+        return out
 
     def _last_param_stats(self) -> dict[str, list[float]]:
         if not self.rows:
@@ -83,10 +103,23 @@ class MonitorHistory:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> MonitorHistory:
+        """The history saved by :meth:`state_dict`; one saved with other columns (0.2) gives an empty history of
+        the same layers."""
+        names = list(state.get("layer_names", []))
+        rows = state.get("rows", torch.zeros(0, 0))
+        if rows.numel() and rows.shape[1] != len(names) * len(STATS):
+            return cls(layer_names=names, initial_scale=dict(state.get("initial_scale", {})))
         return cls(
             layer_names=list(state.get("layer_names", [])),
             steps=[int(s) for s in state.get("steps", torch.zeros(0)).tolist()],
             rows=[list(r) for r in state.get("rows", torch.zeros(0, 0)).tolist()],
             initial_scale=dict(state.get("initial_scale", {})),
-            final={k: list(v) for k, v in state.get("final", {}).items()},
+            final={k: list(v) for k, v in state.get("final", {}).items() if len(v) == len(PARAM_STATS)},
         )
+
+
+def _worst_first(row: dict[str, Any]) -> tuple[float, float]:
+    def desc(v: float) -> float:
+        return -v if not math.isnan(v) else math.inf
+
+    return desc(row["peak_ratio"]), desc(row["scale_drift_rel"])

@@ -50,7 +50,7 @@ def main(out_dir: str) -> None:
     trainer = pl.Trainer(
         strategy="ddp", devices=2, accelerator="cpu", max_steps=3, log_every_n_steps=1,
         logger=CSVLogger(os.path.join(out_dir, "logs"), name="", version="run"),
-        callbacks=[BNInit(monitor=BNMonitor(console_summary=False))],
+        callbacks=[BNInit(monitor=BNMonitor(full=True, console_summary=False))],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )
     trainer.fit(Model(out_dir), DataLoader(data, batch_size=8))

@@ -59,7 +59,7 @@ def run(rank: int, out: str) -> None:
     with capture_xhat(net) as xhat:
         xhat.hooks["0"](bn, (x,), None)  # what the forward would have called
     initial = {"0": {"scale": torch.full((3,), 0.1), "shift": torch.zeros(3)}}
-    logged = bn_statistics(net, initial, xhat, all_gather=all_gather)
+    logged = bn_statistics(net, initial, xhat, all_gather=all_gather, full=True)
     torch.save({"mean": stats["mean"], "var": stats["var"], "count": stats["count"], "forward": forward,
                 "logged": logged, "local_xhat": xhat.values()["0"]}, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
