@@ -24,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from observations import INPUT_BN, _init_scale, _layers
+from observations import INPUT_BN, _columns, _init_scale
 
 BOUND_KEY = "bn/all/xhat_bound_ratio"
 
@@ -37,11 +37,12 @@ def _run_rows(runs_dir: Path, run: dict[str, Any]) -> list[dict[str, str]]:
 
 def curves(rows: list[dict[str, str]], gamma0: float) -> dict[str, Any]:
     """Per-epoch training loss and per-logged-step BN summaries of one run's CSV rows."""
-    hidden = [layer for layer in _layers(list(rows[0])) if layer != INPUT_BN]
+    columns = _columns(list(rows[0]))  # 0.2's bn/<layer>/<stat> or 0.3's bn_<stat>/<label>
+    drift_keys = [c["scale_drift"] for layer, c in columns.items() if layer != INPUT_BN and "scale_drift" in c]
     epochs = [float(r["train_loss_epoch"]) for r in rows if r.get("train_loss_epoch")]
     steps, drift, bound = [], [], []
     for r in rows:
-        values = [r.get(f"bn/{layer}/scale_drift") for layer in hidden]
+        values = [r.get(key) for key in drift_keys]
         if not r.get(BOUND_KEY) or any(v in (None, "") for v in values):
             continue
         steps.append(int(r["step"]))
