@@ -15,6 +15,8 @@ from lightning_bninit.method.settings import ONE_D, ExemptWeightDecay, Pattern
 
 SCALE = "scale"
 SHIFT = "shift"
+#: the role of every other parameter: it steps with its group as it is
+OTHER = "other"
 
 
 def matches(name: str, patterns: Iterable[Pattern]) -> bool:

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from lightning_bninit.method.layers import SCALE, SHIFT, find_bn_layers, update_roles
+from lightning_bninit.method.layers import OTHER, SCALE, SHIFT, find_bn_layers, update_roles
 from lightning_bninit.method.settings import (
     ExemptWeightDecay, Patterns, check_exempt_weight_decay, check_patterns, check_scale_lr_divisor,
 )
@@ -16,7 +16,6 @@ GROUP_MARKER = "bninit"
 
 :class:`~lightning_bninit.BNInit` leaves marked groups alone, so the revised update is never applied twice.
 """
-OTHER = "other"
 
 
 def bn_param_groups(

@@ -20,7 +20,7 @@ from lightning_bninit import compat
 from lightning_bninit.method.layers import SCALE, find_bn_layers, update_roles
 from lightning_bninit.method.param_groups import GROUP_MARKER
 from lightning_bninit.method.settings import ExemptWeightDecay, MethodSettings, Patterns
-from lightning_bninit.method.step_hooks import is_attached_anywhere
+from lightning_bninit.method.step_hooks import check_not_attached
 from lightning_bninit.method.input_norm import find_input_norm
 from lightning_bninit.method.treatment import ATTACH, Treatment, add_input_norm, input_module, treat
 from lightning_bninit.method.update import GroupSplitter, is_separable, is_single_group, unsupported_optimizer_message
@@ -194,12 +194,7 @@ def _check_optimizers(model: nn.Module, settings: MethodSettings, optimizers: li
     roles = update_roles(model, layers.values(), settings.exempt_weight_decay)
     probe = GroupSplitter(roles, settings.scale_lr_divisor, settings.exempt_weight_decay)
     for opt in optimizers:
-        if is_attached_anywhere(opt):
-            raise ValueError(
-                f"The revised BN update is already attached to this {type(opt).__name__} (by an earlier attach or a "
-                "BNInit callback); attaching it again would apply the update twice. Call .remove() on the first "
-                "handle before attaching again."
-            )
+        check_not_attached(opt)
         separable = is_separable(opt, settings.separable_optimizers) and not is_single_group(type(opt))
         if not separable and probe.needs_split(opt):
             raise TypeError(unsupported_optimizer_message(opt, ATTACH.name))

@@ -22,9 +22,18 @@ _ATTACHED: weakref.WeakSet[Optimizer] = weakref.WeakSet()
 twice (each would split the groups the other already split)."""
 
 
-def is_attached_anywhere(optimizer: Optimizer) -> bool:
-    """Whether some :class:`RevisedUpdate` (a ``BNInit`` or an ``attach``) has its hooks on ``optimizer``."""
-    return optimizer in _ATTACHED
+def check_not_attached(optimizer: Optimizer) -> None:
+    """Refuse ``optimizer`` if some :class:`RevisedUpdate` (a ``BNInit`` or an ``attach``) has its hooks on it.
+
+    Raises:
+        ValueError: naming the optimizer and the way out (applying the update twice is never right).
+    """
+    if optimizer in _ATTACHED:
+        raise ValueError(
+            f"The revised BN update is already attached to this {type(optimizer).__name__} (by "
+            "lightning_bninit.attach or a BNInit callback); attaching it again would apply the update twice. "
+            "Keep one of them, or call .remove() on the first handle before attaching again."
+        )
 
 
 @dataclass
@@ -69,12 +78,7 @@ class RevisedUpdate:
         """
         if self.is_attached(optimizer):
             return
-        if optimizer in _ATTACHED:
-            raise ValueError(
-                f"The revised BN update is already attached to this {type(optimizer).__name__} (by "
-                "lightning_bninit.attach or a BNInit callback); attaching it again would apply the update twice. "
-                "Keep one of them, or call .remove() on the first handle before attaching again."
-            )
+        check_not_attached(optimizer)
         _ATTACHED.add(optimizer)
         self._hooks[id(optimizer)] = _Hooks(
             optimizer=weakref.ref(optimizer), refusal=refusal, track_state=not keeps_state_per_parameter(optimizer),

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from lightning_bninit.method.layers import SCALE, SHIFT
+from lightning_bninit.method.layers import OTHER, SCALE, SHIFT
 from lightning_bninit.method.param_groups import GROUP_MARKER
 
 SEPARABLE_OPTIMIZERS: tuple[type[Optimizer], ...] = tuple(
@@ -127,8 +127,8 @@ class _Split:
         key = (own_scales, own_shifts)
         if key not in self._pieces:
             scales, shifts = self.buckets[SCALE], self.buckets[SHIFT]
-            kept = sorted([*self.buckets[_OTHER], *([] if own_scales else scales), *([] if own_shifts else shifts)])
-            roles = ((_OTHER, kept), (SCALE, scales if own_scales else []), (SHIFT, shifts if own_shifts else []))
+            kept = sorted([*self.buckets[OTHER], *([] if own_scales else scales), *([] if own_shifts else shifts)])
+            roles = ((OTHER, kept), (SCALE, scales if own_scales else []), (SHIFT, shifts if own_shifts else []))
             self._pieces[key] = [(role, self._overrides(role, idx, own_shifts)) for role, idx in roles if idx]
         return self._pieces[key]
 
@@ -136,12 +136,11 @@ class _Split:
         overrides: dict[str, Any] = {"params": [self.params[i] for i in index]}
         if self.names is not None:
             overrides["param_names"] = [self.names[i] for i in index]
-        if role != _OTHER and remove_decay:
+        if role != OTHER and remove_decay:
             overrides["weight_decay"] = 0.0
         return overrides
 
 
-_OTHER = "other"
 _MISSING = object()
 
 
@@ -252,7 +251,7 @@ class GroupSplitter:
                     copy["lr"] = group["lr"] / self.scale_lr_divisor
                     if track_state:
                         overrides = {**overrides, "lr": copy["lr"]}
-                (groups if role == _OTHER else tail).append(copy)
+                (groups if role == OTHER else tail).append(copy)
                 if track_state:
                     made.append((copy, tuple(copy.values()), overrides))
             if track_state:
@@ -286,9 +285,9 @@ class GroupSplitter:
             return cached[2]
         plan = None
         if not marked:
-            buckets: dict[str, list[int]] = {_OTHER: [], SCALE: [], SHIFT: []}
+            buckets: dict[str, list[int]] = {OTHER: [], SCALE: [], SHIFT: []}
             for index, param in enumerate(params):
-                buckets[self.roles.get(param, _OTHER)].append(index)
+                buckets[self.roles.get(param, OTHER)].append(index)
             if buckets[SCALE] or buckets[SHIFT]:
                 plan = _Split(params=list(params), names=group.get("param_names"), buckets=buckets)
         self._plans[id(group)] = (list(params), marked, plan)
