@@ -363,8 +363,14 @@ def test_checkpoint_of_an_older_version_resumes(tmp_path, version: str) -> None:
 
 
 def test_two_bninit_callbacks_are_refused() -> None:
-    with pytest.raises(ValueError, match=r"2 BNInit callbacks were given to the Trainer; each would apply"):
+    # With Lightning's default state_key, Lightning itself refuses a second BNInit when the Trainer is built ...
+    with pytest.raises(RuntimeError, match=r"more than one stateful callback of type `BNInit`"):
         fit(Classifier(tiny_net(), SGD), BNInit(), callbacks_extra=[BNInit(include="net.1")])
+    # ... and one added to the callbacks afterwards is refused at setup, with the reason.
+    t = trainer(callbacks=[BNInit()])
+    t.callbacks.append(BNInit(include="net.1"))
+    with pytest.raises(ValueError, match=r"2 BNInit callbacks were given to the Trainer; each would apply"):
+        t.fit(Classifier(tiny_net(), SGD), loader(dataset(dtype=torch.float32)))
 
 
 def test_explicit_signatures_agree_with_the_one_declaration() -> None:

@@ -95,7 +95,10 @@ def test_rehearsal(tmp_path, archive):
     assert {r["config"]["cuda_visible_devices"] for r in rows} == {"0"}
     assert "bninit vs standard" in (out / "report.md").read_text()
     env = (out / "env.txt").read_text()
-    assert "wandb: not importable" in env and "0+unknown" in env  # no wandb, no installed lightning-bninit
+    assert "wandb: not importable" in env  # no wandb
+    # the package comes from the repository, not from an install (its version is 0+unknown, or that of the
+    # lightning_bninit.egg-info which `pip install -e .` leaves in the source tree)
+    assert f"({ROOT / 'lightning_bninit' / '__init__.py'})" in env
     assert f"jsonargparse 4.53.0  ({work / 'site'}" in env or "wheels: installed" in env
     assert "LightningCLI's jsonargparse[signatures]>=4.27.7: True" in env
     timing = json.loads((out / "timing.json").read_text())
@@ -139,14 +142,17 @@ def test_rehearsal_site_hides_what_the_device_lacks(tmp_path):
     env = dict(os.environ, BNINIT_REHEARSAL_SITE=str(mirror), BNINIT_REHEARSAL_REAL_SITES=real,
                PYTHONPATH=f"{ROOT}{os.pathsep}{CIFAR / 'rehearsal'}")
     probe = ("import importlib.util as u, importlib.metadata as m, json, sys\n"
-             "def dist(n):\n    try:\n        return m.version(n)\n    except m.PackageNotFoundError:\n"
-             "        return None\n"
+             "def dist(n):\n    try:\n        d = m.distribution(n)\n    except m.PackageNotFoundError:\n"
+             "        return None\n    return str(getattr(d, '_path', d.version))\n"
              "print(json.dumps({'wandb': u.find_spec('wandb') is None, 'wandb_dist': dist('wandb'),\n"
              "  'own_dist': dist('lightning-bninit'), 'own': u.find_spec('lightning_bninit').origin,\n"
              "  'torch': u.find_spec('torch').origin}))")
     got = json.loads(subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True,
                                     text=True, check=True).stdout)
-    assert got["wandb"] and got["wandb_dist"] is None and got["own_dist"] is None
+    assert got["wandb"] and got["wandb_dist"] is None
+    # no installed lightning-bninit either; `pip install -e .` leaves lightning_bninit.egg-info in the source tree,
+    # which the repository on PYTHONPATH shows (on the device the tree arrives without it): only that one is allowed
+    assert got["own_dist"] is None or Path(got["own_dist"]).parent == ROOT, got["own_dist"]
     assert got["own"] == str(ROOT / "lightning_bninit" / "__init__.py")
     assert got["torch"].startswith(str(mirror))
     # without the repository on PYTHONPATH there is no lightning_bninit at all (the editable install's hook is gone)

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import Logger
 from support.helpers import Classifier, dataset, loader, tiny_net, trainer
 
 from lightning_bninit import BNMonitor
-from lightning_bninit.monitoring.console import format_summary
+from lightning_bninit.monitoring.console import COLUMNS, format_summary
 from lightning_bninit.monitoring.history import MonitorHistory
 from lightning_bninit.monitoring.stats import STATS
 
@@ -52,18 +52,22 @@ def test_standalone_monitor_logs_drift_from_the_first_start_after_a_resume(tmp_p
     data = loader(dataset(n=32, dtype=torch.float32))  # 4 steps per epoch
     ckpt = ModelCheckpoint(dirpath=str(tmp_path), save_last=True)
     trainer(max_epochs=1, logger=Recording(), enable_checkpointing=True,
-            callbacks=[BNMonitor(log_every_n_steps=1, plots=False), ckpt]).fit(Classifier(tiny_net(), _sgd), data)
+            callbacks=[BNMonitor(log_every_n_steps=1, plots=False, full=True), ckpt]).fit(Classifier(tiny_net(), _sgd),
+                                                                                         data)
 
     resumed_at = torch.load(ckpt.last_model_path, weights_only=True)["state_dict"]["net.1.weight"]
     assert _drift_from_one(resumed_at) > 0  # the resumed weights are not the start's: the two baselines differ
-    model, logger, monitor = Classifier(tiny_net(), _sgd), Recording(), BNMonitor(log_every_n_steps=1, plots=False)
+    model, logger = Classifier(tiny_net(), _sgd), Recording()
+    monitor = BNMonitor(log_every_n_steps=1, plots=False, full=True)  # full: the absolute drift too
     trainer(max_epochs=2, logger=logger, callbacks=[monitor]).fit(model, data, ckpt_path=ckpt.last_model_path)
 
-    step, last = [(s, m) for s, m in logger.rows if "bn/net.1/scale_drift" in m][-1]
+    key = "bn_scale_drift/00_net_1"  # the first BN layer, net.1
+    step, last = [(s, m) for s, m in logger.rows if key in m][-1]
     assert step == 7  # the last step of the resumed run, after which the weights are the model's final ones
     expected = _drift_from_one(model.net[1].weight)  # PyTorch's scale 1 at the first start (no BNInit here)
-    assert last["bn/net.1/scale_drift"] == expected  # same float32 operations on the same values
-    assert monitor.history.summary_rows()[0]["scale_drift"] == expected
+    assert last[key] == expected  # same float32 operations on the same values
+    (row,) = [r for r in monitor.history.summary_rows() if r["layer"] == "net.1"]  # rows: worst layers first
+    assert row["scale_drift"] == expected
     assert monitor.history.initial_scale["net.1"] == 1.0
 
 
@@ -79,4 +83,5 @@ def test_summary_peak_is_the_largest_logged_value() -> None:
     assert peaks == [7.0, 9.0]  # max over steps (NaN: not measured that step); the means would be 4.0 and 5.0
     assert history.peaks("xhat_absmax") == peaks
     table = format_summary(history.summary_rows())
-    assert [line.split()[-1] for line in table.splitlines()[3:]] == ["7", "9"]
+    column = [title for _, title in COLUMNS].index("Peak |x̂|")
+    assert [line.split()[column] for line in table.splitlines()[3:]] == ["7", "9"]
