@@ -15,5 +15,5 @@ python -m venv "$venv"
 "$venv/bin/pip" install -q "torch==$TORCH" "lightning==$LIGHTNING" "typing-extensions>=4.4" pytest pyyaml numpy matplotlib
 "$venv/bin/python" -c "import torch, lightning; print('lowest versions: torch', torch.__version__, 'lightning', lightning.__version__)"
 PYTHONPATH=$PWD "$venv/bin/python" -m pytest -q -m "not slow" -p no:cacheprovider \
-    tests/test_update_equivalence.py tests/test_update_in_lightning.py tests/test_callback.py \
-    tests/test_bn_monitor.py tests/test_group_split.py tests/test_compat.py tests/test_schedule_floor.py
+    tests/test_update_exactness.py tests/test_update_in_lightning.py tests/test_callback.py \
+    tests/test_bn_monitor.py tests/test_update_split.py tests/test_compat.py

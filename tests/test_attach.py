@@ -1,5 +1,6 @@
 """``lightning_bninit.attach`` in a plain PyTorch loop: the same trajectory as the three-group optimizer, the user's
-groups in place between steps, GradScaler skips, resume, several optimizers, errors."""
+groups in place between steps, GradScaler skips, resume, several optimizers, errors; an optimizer that gains BN
+parameters after attach, attach on groups built by ``bn_param_groups``, and LBFGS's refusal and its way out."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from support.groups import GroupsInPlace
 from support.helpers import (
     PlainSGD, assert_same_params, dataset, optimizer_cases, plain_loop, reference_fit, tiny_net,
 )
@@ -30,6 +32,9 @@ OPTIMIZERS = optimizer_cases(LR, WD)
 COSINE = lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=STEPS * EPOCHS)  # noqa: E731
 # The closed form reads base_lrs by position: groups left split after a step would not follow the schedule.
 LAMBDA = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))  # noqa: E731
+# For the tests on hand-built groups (at the end): both sides use these groups, c = 100 as attach's default.
+SGD = partial(torch.optim.SGD, lr=LR, momentum=0.9, weight_decay=WD)
+GROUPED = {"lr": LR, "weight_decay": WD, "scale_lr_divisor": 100.0}
 
 
 U = 2.0**-53  # unit roundoff of float64
@@ -45,24 +50,6 @@ def assert_one_sgd_step(after: torch.Tensor, before: torch.Tensor, lr: float, gr
     assert torch.all((after - expected).abs() <= bound), (after - expected).abs().max()
 
 
-class GroupsInPlace:
-    """Checks after every step (and scheduler step) that the optimizer shows the user's own groups: the same list
-    object, the same dicts, and the learning rate the scheduler set."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-        self.optimizer, self.scheduler = optimizer, scheduler
-        self.groups = optimizer.param_groups
-        self.dicts = [id(g) for g in self.groups]
-        self.steps = 0
-
-    def __call__(self, step: int) -> None:
-        assert self.optimizer.param_groups is self.groups
-        assert [id(g) for g in self.optimizer.param_groups] == self.dicts
-        if self.scheduler is not None:
-            assert [g["lr"] for g in self.groups] == self.scheduler.get_last_lr()
-        self.steps += 1
-
-
 def attach_fit(start: nn.Module, make_optimizer, make_scheduler, *, ds=None, **loop: Any) -> tuple[nn.Module, Any]:
     net = copy.deepcopy(start)
     optimizer = make_optimizer(net.parameters())
@@ -70,7 +57,7 @@ def attach_fit(start: nn.Module, make_optimizer, make_scheduler, *, ds=None, **l
     scheduler = make_scheduler(optimizer) if make_scheduler else None
     check = GroupsInPlace(optimizer, scheduler)
     plain_loop(net, optimizer, scheduler, ds or dataset(), STEPS, EPOCHS, after_step=check, **loop)
-    assert check.steps == STEPS * EPOCHS
+    assert check.checks == STEPS * EPOCHS
     return net, handle
 
 
@@ -329,3 +316,61 @@ def test_input_norm_channels_from_the_first_conv_or_the_setting() -> None:
         attach(pooled, torch.optim.SGD(pooled.parameters(), lr=LR), input_norm=True)
     attach(pooled, torch.optim.SGD(pooled.parameters(), lr=LR), input_norm=True, input_channels=3)
     assert pooled.bninit_input_norm.num_features == 3
+
+
+# --- optimizers that change after attach, hand-built groups, LBFGS --------------------------------------------
+
+def test_an_optimizer_that_cannot_split_is_refused_when_bn_parameters_join_it() -> None:
+    from support.helpers import PlainSGD
+
+    net = tiny_net()
+    optimizer = PlainSGD(net[11].parameters(), lr=LR, weight_decay=WD)  # no BN parameter yet: accepted
+    attach(net, optimizer)
+    optimizer.add_param_group({"params": list(net[9].parameters())})
+    with pytest.raises(TypeError, match=r"attach cannot .*PlainSGD"):
+        optimizer.step()
+
+
+def test_attach_input_norm_on_bn_param_groups() -> None:
+    torch.manual_seed(6)
+    start = tiny_net().double()
+    net = copy.deepcopy(start)
+    init_bn_(net, INIT)
+    optimizer = SGD(bn_param_groups(net, **GROUPED))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*holds a parameter.*")
+        attach(net, optimizer, input_norm=True)
+    scale_group = next(g for g in optimizer.param_groups if g["bninit"] == "scale")
+    assert scale_group["params"][-1] is net.bninit_input_norm.weight
+    plain_loop(net, optimizer, None, dataset(), 3, 2)
+
+    ref = copy.deepcopy(start)
+    attach_input_norm(ref, 3, INIT)
+    init_bn_(ref, INIT, exclude="bninit_input_norm")
+    ref_opt = SGD([{k: v for k, v in g.items() if k != "bninit"} for g in bn_param_groups(ref, **GROUPED)])
+    plain_loop(ref, ref_opt, None, dataset(), 3, 2)
+    assert_same_params(net, ref)
+
+
+def test_lbfgs_refusal_offers_only_what_works() -> None:
+    net = tiny_net()
+    with pytest.raises(TypeError, match="LBFGS") as refused:
+        attach(net, torch.optim.LBFGS(net.parameters()))
+    message = str(refused.value)
+    assert "bn_param_groups" not in message and "separable_optimizers" not in message
+    assert "scale_lr_divisor=1" in message
+    with pytest.raises(ValueError, match=r"separable_optimizers.*LBFGS"):
+        attach(net, torch.optim.LBFGS(net.parameters()), separable_optimizers=[torch.optim.LBFGS])
+    # The way out it names does work: c = 1 (LBFGS has no weight decay to remove) needs no split.
+    optimizer = torch.optim.LBFGS(net.parameters(), lr=0.1)
+    attach(net, optimizer, scale_lr_divisor=1.0)
+    x, y = dataset(dtype=torch.float32).tensors
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(net(x[:8]), y[:8])
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    assert len(optimizer.param_groups) == 1

@@ -1,5 +1,6 @@
 """BNMonitor as a callback of its own: any model, no effect on training, one logger call per step next to
-BNInit, history kept across a resume, settings as hyperparameters."""
+BNInit, history kept across a resume and the drift a standalone monitor logs after one (relative to the start of the
+first fit, not to the weights it was resumed with), settings as hyperparameters."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from support.helpers import Classifier, dataset, loader, tiny_net, trainer
-from support.recording import RecordingLogger
+from support.recording import RecordingLogger, RecordingLogger as Recording
 
 from lightning_bninit import BNInit, BNMonitor
 from lightning_bninit.monitoring.stats import STATS
@@ -148,3 +149,32 @@ def test_plots_true_without_matplotlib_names_the_extra(monkeypatch) -> None:
     with pytest.raises(ImportError, match=r"pip install 'lightning-bninit\[experiments\]'"):
         BNMonitor(plots=True)
     assert BNMonitor().plots is False  # the default just skips the plots
+
+
+def _drift_from_one(weight: torch.Tensor) -> float:
+    # The monitor's own arithmetic (stats.param_stats): float32, |w - init| averaged over the channels.
+    w = weight.detach().float()
+    return float((w - torch.ones_like(w)).abs().mean())
+
+
+def test_standalone_monitor_logs_drift_from_the_first_start_after_a_resume(tmp_path) -> None:
+    data = loader(dataset(n=32, dtype=torch.float32))  # 4 steps per epoch
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path), save_last=True)
+    first = [BNMonitor(log_every_n_steps=1, plots=False, full=True), ckpt]
+    trainer(max_epochs=1, logger=Recording(), enable_checkpointing=True, callbacks=first).fit(
+        Classifier(tiny_net(), _sgd), data)
+
+    resumed_at = torch.load(ckpt.last_model_path, weights_only=True)["state_dict"]["net.1.weight"]
+    assert _drift_from_one(resumed_at) > 0  # the resumed weights are not the start's: the two baselines differ
+    model, logger = Classifier(tiny_net(), _sgd), Recording()
+    monitor = BNMonitor(log_every_n_steps=1, plots=False, full=True)  # full: the absolute drift too
+    trainer(max_epochs=2, logger=logger, callbacks=[monitor]).fit(model, data, ckpt_path=ckpt.last_model_path)
+
+    key = "bn_scale_drift/00_net_1"  # the first BN layer, net.1
+    step, last = [(s, m) for s, m in logger.rows if key in m][-1]
+    assert step == 7  # the last step of the resumed run, after which the weights are the model's final ones
+    expected = _drift_from_one(model.net[1].weight)  # PyTorch's scale 1 at the first start (no BNInit here)
+    assert last[key] == expected  # same float32 operations on the same values
+    (row,) = [r for r in monitor.history.summary_rows() if r["layer"] == "net.1"]  # rows: worst layers first
+    assert row["scale_drift"] == expected
+    assert monitor.history.initial_scale["net.1"] == 1.0

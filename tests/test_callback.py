@@ -7,13 +7,14 @@ import math
 import re
 import warnings
 from functools import partial
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
 from support.helpers import PlainSGD, Classifier, assert_same_params, dataset, loader, reference_fit, tiny_net, trainer
-from lightning_bninit import RELU_STD, BNInit, BNMonitor, InputNorm, bn_param_groups, init_bn_
+from lightning_bninit import RELU_STD, BNInit, BNMonitor, InputNorm, attach, bn_param_groups, init_bn_
 
 SGD = partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=1e-2)
 
@@ -391,3 +392,40 @@ def test_explicit_signatures_agree_with_the_one_declaration() -> None:
     assert BNInit().method_settings == MethodSettings()
     with pytest.raises(ValueError, match="init_scale"):
         MethodSettings(init_scale=0)  # it validates itself when built
+
+
+# --- 9. booleans are booleans ----------------------------------------------------------------------------------------
+
+BOOLEAN_OPTIONS = {
+    "BNInit.force": lambda v: BNInit(force=v),
+    "BNInit.exempt_weight_decay": lambda v: BNInit(exempt_weight_decay=v),
+    "attach.force": lambda v: attach(tiny_net(), torch.optim.SGD(tiny_net().parameters(), lr=0.1), force=v),
+    "attach.exempt_weight_decay": lambda v: attach(tiny_net(), torch.optim.SGD(tiny_net().parameters(), lr=0.1),
+                                                   exempt_weight_decay=v),
+    "BNMonitor.activations": lambda v: BNMonitor(activations=v),
+    "BNMonitor.histograms": lambda v: BNMonitor(histograms=v),
+    "BNMonitor.console_summary": lambda v: BNMonitor(console_summary=v),
+    "BNMonitor.plots": lambda v: BNMonitor(plots=v),
+    "BNMonitor.full": lambda v: BNMonitor(full=v),
+}
+
+
+#: options whose None has a meaning of its own: plots=None plots when matplotlib is there, histograms=None follows full
+NONE_ALLOWED = {"BNMonitor.plots", "BNMonitor.histograms"}
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    (option, value) for option in sorted(BOOLEAN_OPTIONS) for value in ["false", "no", 0, 1, None]
+    if not (value is None and option in NONE_ALLOWED)
+])
+def test_boolean_options_take_only_booleans(option: str, value: Any) -> None:
+    name = option.split(".")[1]
+    allowed = "True, False or '1d'" if name == "exempt_weight_decay" else "True or False"
+    with pytest.raises(ValueError, match=rf"{name} must be {re.escape(allowed)}.*got .*{re.escape(repr(value))}"):
+        BOOLEAN_OPTIONS[option](value)
+
+
+def test_boolean_options_accept_booleans() -> None:
+    assert BNInit(force=False).method_settings.force is False
+    assert BNInit(exempt_weight_decay=False).method_settings.exempt_weight_decay is False
+    assert BNMonitor(activations=False, plots=False).activations is False

@@ -1,11 +1,9 @@
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -13,21 +11,13 @@ from lightning_bninit.experiments.command import main
 from lightning_bninit.experiments.compare import BUILTIN_ARMS, ResultsFile
 from lightning_bninit.experiments.seeding import derive_seed
 
-FAKE = Path(__file__).parent / "support" / "fake_cli.py"
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(params=["subprocess", "fork"])
-def launcher(request):
-    """Both launchers; the fork server preloads nothing here (the fake script needs neither torch nor Lightning)."""
-    return request.param
+from support.compare_runs import FAKE, results_lines as lines
+from support.launch import ROOT
 
 
 @pytest.fixture
-def exp(tmp_path, monkeypatch, launcher):
-    calls = tmp_path / "calls.txt"
-    calls.touch()
-    monkeypatch.setenv("FAKE_CALLS", str(calls))
+def exp(tmp_path, fake_calls, launcher):
+    calls = fake_calls
     (tmp_path / "base.yaml").write_text("trainer: {}\n")
     path = tmp_path / "exp.yaml"
     path.write_text(
@@ -37,12 +27,6 @@ def exp(tmp_path, monkeypatch, launcher):
         "  broken: [--fake.fail=test]\n  slow: [--fake.sleep=60]\n"
     )
     return path, calls
-
-
-def lines(path: Path) -> list[dict]:
-    text = path.read_text()
-    assert text.endswith("\n")
-    return [json.loads(line) for line in text.splitlines()]
 
 
 def test_runs_every_pair_and_resume_skips_finished(exp, tmp_path, capsys):

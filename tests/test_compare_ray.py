@@ -1,4 +1,4 @@
-"""`launcher: ray` without a cluster (issue 20): the launcher choices have one source, the `ray:` settings are
+"""`launcher: ray` without a cluster: the launcher choices have one source, the `ray:` settings are
 checked, Ray is an optional extra named in one line when missing, and an unreachable address fails fast, in one
 line naming it. The real two-node cluster is tests/test_ray_cluster.py."""
 

@@ -15,19 +15,12 @@ from lightning_bninit.experiments.command import main
 from lightning_bninit.experiments.results_file import ResultsFile
 from lightning_bninit.experiments.seeding import derive_seed
 
-FAKE = Path(__file__).parent / "support" / "fake_cli.py"
-
-
-@pytest.fixture(params=["subprocess", "fork"])
-def launcher(request):
-    return request.param
+from support.compare_runs import FAKE, process_gone as _gone, results_lines as _lines
 
 
 @pytest.fixture
-def make_exp(tmp_path, monkeypatch, launcher):
-    calls = tmp_path / "calls.txt"
-    calls.touch()
-    monkeypatch.setenv("FAKE_CALLS", str(calls))
+def make_exp(tmp_path, fake_calls, launcher):
+    calls = fake_calls
 
     def make(extra: str = "", arms: str = "") -> Path:
         path = tmp_path / "exp.yaml"
@@ -39,25 +32,8 @@ def make_exp(tmp_path, monkeypatch, launcher):
     return make
 
 
-def _lines(path: Path) -> list[dict]:
-    text = path.read_text()
-    assert text.endswith("\n")
-    return [json.loads(line) for line in text.splitlines()]
-
-
 def _compare(path: Path, out: Path, *argv: str) -> int:
     return main(["compare", "--config", str(path), "--out", str(out), "--no-progress", *argv])
-
-
-def _gone(pid: int, within_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.mark.parametrize(("overrides", "expect", "phases"), [

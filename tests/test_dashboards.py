@@ -1,5 +1,7 @@
-"""BN dashboards a practitioner can watch during a run (issue 17) and one monitoring computation (issue 18.1), read
-back as a user would: W&B offline run files and TensorBoard event files."""
+"""BN dashboards a practitioner can watch during a run, and one monitoring computation behind the callback and
+``bn_statistics``, read back as a user would: W&B offline run files and TensorBoard event files (compact keys by
+layer section, live panels, custom scalars, heat maps, peak summaries, figures and tables after interrupted runs,
+the summary table and alerts)."""
 
 from __future__ import annotations
 

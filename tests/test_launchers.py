@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.compare_runs import process_gone as _gone
 from support.launch import ROOT, SUPPORT
 
 from lightning_bninit.experiments.launchers import ForkLauncher, SubprocessLauncher, resolve_launcher
@@ -29,17 +30,6 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _fork(tmp_path: Path, preload: tuple[str, ...] = (), timeout_s: float | None = None, **env: str) -> ForkLauncher:
     return ForkLauncher(timeout_s, _env(**env), tmp_path / "server", preload=preload, preload_defaults=False)
-
-
-def _gone(pid: int, within_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _wait_for(path: Path, within_s: float = 30.0) -> dict:

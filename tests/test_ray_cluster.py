@@ -1,4 +1,4 @@
-"""`launcher: ray` on a real two-node Ray cluster, not a mock (issue 20).
+"""`launcher: ray` on a real two-node Ray cluster, not a mock.
 
 tests/support/ray_cluster.py runs inside network and PID namespaces that this test makes (`unshare --net --pid
 --fork --mount-proc`, only the loopback interface up), so that the cluster uses 127.0.0.1 and no traffic leaves it,

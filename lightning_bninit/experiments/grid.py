@@ -44,7 +44,7 @@ _KINDS: dict[str, tuple[str, ...]] = {
     "monitor": ("bool",),
 }
 #: The strings an option of kind "choice" takes (kept in step with ``method/settings.py``, checked by
-#: ``tests/test_authors_optimizer.py``; this module imports no torch).
+#: ``tests/test_update_exactness_authors.py``; this module imports no torch).
 _CHOICES: dict[str, tuple[str, ...]] = {"exempt_weight_decay": ("1d",)}
 _KIND_TEXT = {"number": "a finite number", "bool": "true or false", "int": "an integer",
               "name": "a string of letters, digits, '.', '_' or '-'", "choice": "one of the strings {choices}"}

@@ -1,4 +1,4 @@
-"""Run by test_optimizer_subclass.py in a fresh process: ``python optimizer_subclass.py {subclass_first|base_first}``.
+"""Run by test_update_split.py in a fresh process: ``python optimizer_subclass.py {subclass_first|base_first}``.
 
 PyTorch wraps ``step`` on the class of the first optimizer instance, once per class, so whether a subclass has a
 ``step`` of its own depends on which class was instantiated first in the process. For several optimizers this makes

@@ -29,5 +29,10 @@ class RecordingLogger(Logger):
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
         self.hparams.append(dict(params))
 
+    @property
+    def rows(self) -> list[tuple[int | None, dict[str, Any]]]:
+        """The ``log_metrics`` calls, (step, metrics) each."""
+        return self.calls
+
     def bn_steps(self) -> list[int | None]:
         return [step for step, metrics in self.calls if any(k.startswith("bn/") for k in metrics)]

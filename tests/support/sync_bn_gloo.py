@@ -1,4 +1,4 @@
-"""Run by test_monitor.py: ``python sync_bn_gloo.py OUT``: the monitor's SyncBatchNorm path on two CPU processes.
+"""Run by test_monitor_loggers.py: ``python sync_bn_gloo.py OUT``: the monitor's SyncBatchNorm path on two CPU processes.
 
 ``SyncBatchNorm.forward`` refuses CPU tensors when a process group is initialized (it synchronizes through CUDA or
 PrivateUse1 kernels only), so the forward hook is called directly, as the layer's forward would call it: each rank

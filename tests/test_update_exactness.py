@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import copy
 from functools import partial
-from typing import Any
 
-import lightning.pytorch as pl
 import pytest
 import torch
 
+from support.groups import GroupsInPlace
 from support.helpers import (
     Classifier, assert_same_params, dataset, loader, optimizer_cases, plain_loop, reference_fit, tiny_net, trainer,
 )
@@ -32,29 +31,6 @@ SCHEDULERS = {
         opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=STEPS * EPOCHS
     ),
 }
-
-
-class GroupsInPlace(pl.Callback):
-    """After every batch and at the end: the optimizer shows the user's own groups (the list and dicts it was built
-    with) and the learning rate the scheduler set, so nothing of a step's split is left for user code to see."""
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.optimizer = trainer.optimizers[0]
-        self.groups, self.dicts = self.optimizer.param_groups, [id(g) for g in self.optimizer.param_groups]
-        self.checks = 0
-
-    def _check(self, trainer: pl.Trainer) -> None:
-        assert self.optimizer.param_groups is self.groups
-        assert [id(g) for g in self.groups] == self.dicts
-        for config in trainer.lr_scheduler_configs:
-            assert [g["lr"] for g in self.groups] == config.scheduler.get_last_lr()
-        self.checks += 1
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        self._check(trainer)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._check(trainer)
 
 
 def fit_with_callback(make_optimizer, make_scheduler, net=None, callback=None, ds=None, **trainer_kwargs):

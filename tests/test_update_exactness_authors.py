@@ -7,9 +7,9 @@ equality. The one operation that differs is where the scales' learning rate is d
 holds ``lr / c`` and the cosine schedule multiplies it by its ratio each epoch, ``(lr / c) * r``, while the step
 split divides the scheduled lr, ``(lr * r) / c``. For c a power of two the division only changes the exponent, which
 commutes with rounding, so both are the same double; the trajectory tests therefore use c = 128. (c = 100 is
-compared at the level of the learning rate, with a tolerance derived from the rounding: ``test_schedule_floor.py``.)
+compared at the level of the learning rate, with a tolerance derived from the rounding: ``test_update_split.py``.)
 The authors' cosine has ``eta_min = 1e-8``; the step split floors the scales at ``eta_min / c``, so only
-``bn_param_groups(..., exempt_weight_decay="1d")`` follows it there (last test; ``test_schedule_floor.py``).
+``bn_param_groups(..., exempt_weight_decay="1d")`` follows it there (last test; ``test_update_split.py``).
 """
 
 from __future__ import annotations
