@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "BNInit": "lightning_bninit.callbacks.bninit",
-    "BNInitHandle": "lightning_bninit.method.plain",
-    "attach": "lightning_bninit.method.plain",
+    "BNInitHandle": "lightning_bninit.method.attach",
+    "attach": "lightning_bninit.method.attach",
     "BNMonitor": "lightning_bninit.callbacks.bn_monitor",
     "InitReport": "lightning_bninit.method.init",
     "init_bn_": "lightning_bninit.method.init",
@@ -46,7 +46,7 @@ if not logging.getLogger().hasHandlers():
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_bninit.callbacks.bn_monitor import BNMonitor
     from lightning_bninit.callbacks.bninit import BNInit
-    from lightning_bninit.method.plain import BNInitHandle, attach
+    from lightning_bninit.method.attach import BNInitHandle, attach
     from lightning_bninit.method.init import InitReport, init_bn_
     from lightning_bninit.method.input_norm import RELU_STD, InputNorm
     from lightning_bninit.method.layers import find_bn_layers

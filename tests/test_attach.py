@@ -224,12 +224,12 @@ def test_remove_detaches_and_a_second_attach_is_refused() -> None:
 
 def test_attach_and_bninit_on_one_optimizer_are_refused() -> None:
     from lightning_bninit.method.settings import MethodSettings
-    from lightning_bninit.method.treatment import BNINIT, treat
+    from lightning_bninit.method.application import BNINIT, apply_method
 
     net = tiny_net()
     optimizer = torch.optim.SGD(net.parameters(), lr=LR)
     attach(net, optimizer)
-    treatment = treat(net, MethodSettings(), BNINIT, warnings.warn)  # what BNInit builds at setup
+    treatment = apply_method(net, MethodSettings(), BNINIT, warnings.warn)  # what BNInit builds at setup
     with pytest.raises(ValueError, match="already attached"):
         treatment.attach(optimizer, BNINIT)
 

@@ -54,8 +54,6 @@ def _starts(name: str, prefixes: tuple[str, ...]) -> bool:
 def test_each_part_imports_only_what_it_may(part: str, forbidden: tuple[str, ...]) -> None:
     bad = {}
     for path in _modules(part):
-        if part == "experiments" and path.name == "recorder.py":
-            continue  # loaded by the child processes of compare, inside Lightning
         wrong = sorted(name for name in _imports(path) if _starts(name, forbidden))
         if wrong:
             bad[str(path.relative_to(ROOT))] = wrong
@@ -143,7 +141,7 @@ def test_public_api() -> None:
 @pytest.mark.parametrize("old", ["lightning_bninit.callback", "lightning_bninit.monitor", "lightning_bninit.recorder"])
 def test_0_1_alias_modules_are_gone(old: str) -> None:
     """Removed in 0.3 (CHANGELOG.md): saved configs name lightning_bninit.BNInit, .BNMonitor and
-    lightning_bninit.experiments.recorder.RunRecorder instead."""
+    lightning_bninit.callbacks.run_recorder.RunRecorder instead."""
     import importlib
 
     with pytest.raises(ModuleNotFoundError):

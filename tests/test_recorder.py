@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_bninit.experiments.recorder import RunRecorder
+from lightning_bninit.callbacks.run_recorder import RunRecorder
 
 
 class Tiny(pl.LightningModule):

@@ -171,7 +171,7 @@ class BNMonitor(Callback):
         recorded = ("log_every_n_steps", "activations", "include", "exclude")
         return self._generate_state_key(**{k: self.settings[k] for k in recorded})
 
-    def assign(self, layer_names: Sequence[str], initial: InitialValues) -> None:
+    def _assign(self, layer_names: Sequence[str], initial: InitialValues) -> None:
         """Watch these layers, with drift measured from ``initial`` (a dict the caller may fill in later, e.g. for
         lazy layers). Called by :class:`~lightning_bninit.BNInit` for its own monitor, before the start of fit."""
         self._assigned = (list(layer_names), initial)

@@ -19,7 +19,7 @@ from lightning_bninit.callbacks.bn_monitor import BNMonitor, MonitorArg, make_mo
 from lightning_bninit.method.schedules import cyclic_schedule_warning
 from lightning_bninit.method.settings import ExemptWeightDecay, MethodSettings, Pattern
 from lightning_bninit.method.step_hooks import RevisedUpdate
-from lightning_bninit.method.treatment import BNINIT, Treatment, add_input_norm, treat
+from lightning_bninit.method.application import BNINIT, MethodApplication, add_input_norm, apply_method
 
 PatternArg = Union[str, Sequence[str], None]
 _log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class BNInit(Callback):
             input_norm=input_norm, input_channels=input_channels, include=include, exclude=exclude, force=force,
             separable_optimizers=separable_optimizers,
         )
-        self._treatment: Treatment | None = None
+        self._treatment: MethodApplication | None = None
         self._restored_initial: dict[str, Any] | None = None
         self._monitor: BNMonitor | None = make_monitor(monitor)
         self._drives_monitor = False  # whether this callback calls its monitor's hooks (no other BNMonitor is given)
@@ -154,7 +154,7 @@ class BNInit(Callback):
         if stage != "fit":
             return
         # Layers built later (LightningModule.setup, configure_model) are treated at the start of fit.
-        self._treatment = treat(pl_module, self.method_settings, BNINIT, rank_zero_warn)
+        self._treatment = apply_method(pl_module, self.method_settings, BNINIT, rank_zero_warn)
         if self._restored_initial is not None:  # a state loaded before setup (rare: by hand)
             self._treatment.load_initial(self._restored_initial, rank_zero_warn, BNINIT)
             self._restored_initial = None
@@ -256,7 +256,7 @@ class BNInit(Callback):
     def _assign_monitor(self, trainer: pl.Trainer) -> None:
         given = [cb for cb in trainer.callbacks if isinstance(cb, BNMonitor)]  # type: ignore[attr-defined]
         if self._monitor is not None and (self._drives_monitor or self._monitor in given):
-            self._monitor.assign(self.layer_names, self.initial_values)
+            self._monitor._assign(self.layer_names, self.initial_values)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

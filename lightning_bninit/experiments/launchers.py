@@ -40,7 +40,7 @@ _TERM_GRACE_S, _KILL_GRACE_S = 10.0, 5.0
 #: What the fork server imports unless ``preload_defaults: false`` (each only if installed): torch, Lightning, this
 #: package's CLI flag and run recorder, and what a run loads on its way otherwise (Lightning's default logger is
 #: TensorBoard's when it is installed; the BN monitor plots with matplotlib).
-DEFAULT_PRELOAD = ("torch", "lightning.pytorch", "lightning_bninit.cli", "lightning_bninit.experiments.recorder",
+DEFAULT_PRELOAD = ("torch", "lightning.pytorch", "lightning_bninit.cli", "lightning_bninit.callbacks.run_recorder",
                    "torch.utils.tensorboard", "matplotlib.pyplot")
 
 

@@ -2,7 +2,7 @@
 
 A trial is ``<script> fit`` then ``<script> test --ckpt_path=<checkpoint>`` (or, with ``test: in_fit``, one ``fit``
 process that tests right after), with the arm's overrides, ``--seed_everything`` and a
-:class:`~lightning_bninit.experiments.recorder.RunRecorder` that writes the outcome to JSON files in the run folder
+:class:`~lightning_bninit.callbacks.run_recorder.RunRecorder` that writes the outcome to JSON files in the run folder
 and keeps every checkpoint of the trial in its run folder. A launcher
 (:mod:`~lightning_bninit.experiments.launchers`) starts the processes.
 """
@@ -21,7 +21,7 @@ from lightning_bninit.experiments.results import RESERVED_KEYS
 from lightning_bninit.experiments.seeding import derive_seed
 from lightning_bninit.experiments.spec import Experiment
 
-RECORDER = "lightning_bninit.experiments.recorder.RunRecorder"
+RECORDER = "lightning_bninit.callbacks.run_recorder.RunRecorder"
 
 
 class TrialFailed(Exception):

@@ -1,8 +1,8 @@
 """The method applied to one model, once: what ``BNInit.setup`` and :func:`~lightning_bninit.attach` share.
 
-:func:`treat` finds the BN layers, re-initializes them (by their values, as :func:`~lightning_bninit.init_bn_`
+:func:`apply_method` finds the BN layers, re-initializes them (by their values, as :func:`~lightning_bninit.init_bn_`
 says), adds the input BN when asked, and builds the revised update; the
-:class:`Treatment` it returns keeps the layers' values at the start and attaches optimizers. Messages name the
+:class:`MethodApplication` it returns keeps the layers' values at the start and attaches optimizers. Messages name the
 caller (``BNInit`` or ``attach``) and reach the user through the ``warn`` / ``info`` functions it passes.
 """
 
@@ -46,7 +46,7 @@ ATTACH = Caller("attach", "attach(model, optimizer, %s)")
 
 
 @dataclass
-class Treatment:
+class MethodApplication:
     """The BN layers one model's treatment covers, their values at the start, and the revised update.
 
     ``layer_names`` are in network order, the input BN first; ``initial`` holds each layer's ``"scale"`` and
@@ -80,7 +80,7 @@ class Treatment:
         self.update.attach(optimizer, refusal)
 
     def add_late_layers(self, model: nn.Module, caller: Caller, warn: Say, resuming: bool) -> list[str]:
-        """Treat the BN layers ``model`` has now that it had not at :func:`treat` (built in ``LightningModule.setup``
+        """Treat the BN layers ``model`` has now that it had not at :func:`apply_method` (built in ``LightningModule.setup``
         or ``configure_model``); returns their names. When ``resuming``, their values came from the checkpoint and
         are kept."""
         roles = self.update.splitter.roles
@@ -207,7 +207,7 @@ def add_input_norm(
     return attach_input_norm(module, channels, settings.init_scale), True
 
 
-def treat(model: nn.Module, settings: MethodSettings, caller: Caller, warn: Say) -> Treatment:
+def apply_method(model: nn.Module, settings: MethodSettings, caller: Caller, warn: Say) -> MethodApplication:
     """Re-initialize the BN layers of ``model`` and build the revised update (no optimizer attached yet).
 
     The input BN, if ``model`` has one (:func:`add_input_norm` first), is treated whatever ``include`` says, and
@@ -215,7 +215,7 @@ def treat(model: nn.Module, settings: MethodSettings, caller: Caller, warn: Say)
     whether they are frozen (:func:`~lightning_bninit.init_bn_`); layers not at PyTorch's default keep their values
     (one ``warn`` naming them and why) unless ``force``; lazy layers are set on their first forward. Every treated
     layer gets the revised update whenever its parameters are in an optimizer. The caller warns when there is no
-    layer (:meth:`Treatment.warn_if_empty`), once it has looked for layers built late.
+    layer (:meth:`MethodApplication.warn_if_empty`), once it has looked for layers built late.
     """
     norm = find_input_norm(input_module(model, settings, caller)) if settings.input_norm else None
     input_names = [n for n, m in model.named_modules() if norm is not None and m is norm]
@@ -226,7 +226,7 @@ def treat(model: nn.Module, settings: MethodSettings, caller: Caller, warn: Say)
     initial = {n: _snapshot(bn) for n, bn in layers.items() if is_materialized(bn)}
     roles = update_roles(model, layers.values(), settings.exempt_weight_decay)
     splitter = GroupSplitter(roles, settings.scale_lr_divisor, settings.exempt_weight_decay)
-    return Treatment(
+    return MethodApplication(
         settings=settings, report=report, layer_names=list(layers), initial=initial,
         update=RevisedUpdate(splitter), pending_lazy=[n for n in layers if n not in initial],
     )

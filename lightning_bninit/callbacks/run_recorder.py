@@ -1,7 +1,7 @@
 """Callback that reports a run's outcome to ``bninit compare``.
 
 ``bninit compare`` appends this callback to every child run with
-``--trainer.callbacks+=lightning_bninit.experiments.recorder.RunRecorder --trainer.callbacks.path=...``, which
+``--trainer.callbacks+=lightning_bninit.callbacks.run_recorder.RunRecorder --trainer.callbacks.path=...``, which
 works with any LightningCLI script. The child then writes a small JSON file that the parent reads,
 so test metrics come back through a file rather than by scraping the child's console output.
 """
@@ -63,7 +63,7 @@ class RunRecorder(Callback):
     Example::
 
         python main.py fit --config base.yaml \\
-            --trainer.callbacks+=lightning_bninit.experiments.recorder.RunRecorder \\
+            --trainer.callbacks+=lightning_bninit.callbacks.run_recorder.RunRecorder \\
             --trainer.callbacks.path=run/fit_result.json \\
             --trainer.callbacks.checkpoint_dir=run/checkpoints
     """

@@ -1,6 +1,6 @@
 """``attach``: the method in one call for plain PyTorch loops and Lightning Fabric (other wrappers: attach first).
 
-Same treatment as the ``BNInit`` callback (:mod:`~lightning_bninit.method.treatment`), with the revised update
+Same treatment as the ``BNInit`` callback (:mod:`~lightning_bninit.method.application`), with the revised update
 applied at every ``optimizer.step()`` by the optimizer's own step hooks; the user's param groups stay as built.
 """
 
@@ -22,7 +22,7 @@ from lightning_bninit.method.param_groups import GROUP_MARKER
 from lightning_bninit.method.settings import ExemptWeightDecay, MethodSettings, Patterns
 from lightning_bninit.method.step_hooks import check_not_attached
 from lightning_bninit.method.input_norm import find_input_norm
-from lightning_bninit.method.treatment import ATTACH, Treatment, add_input_norm, input_module, treat
+from lightning_bninit.method.application import ATTACH, MethodApplication, add_input_norm, apply_method, input_module
 from lightning_bninit.method.update import GroupSplitter, is_separable, is_single_group, unsupported_optimizer_message
 
 _log = logging.getLogger("lightning_bninit")
@@ -35,7 +35,7 @@ class BNInitHandle:
     (or any checkpoint dict): saved next to the model and optimizer, a resumed run continues exactly.
     """
 
-    def __init__(self, model: nn.Module, treatment: Treatment, optimizers: list[Optimizer]) -> None:
+    def __init__(self, model: nn.Module, treatment: MethodApplication, optimizers: list[Optimizer]) -> None:
         self._model = model
         self._treatment = treatment
         self._optimizers = optimizers
@@ -138,12 +138,12 @@ def attach(
     _check_optimizers(model, settings, optimizers)
     if settings.input_norm:
         _add_trained_input_norm(model, settings, optimizers)
-    treatment = treat(model, settings, ATTACH, _warn)
+    treatment = apply_method(model, settings, ATTACH, _warn)
     treatment.warn_if_empty(model, ATTACH, _warn)
     return BNInitHandle(model, treatment, _attach_all(treatment, optimizers))
 
 
-def _attach_all(treatment: Treatment, optimizers: list[Optimizer]) -> list[Optimizer]:
+def _attach_all(treatment: MethodApplication, optimizers: list[Optimizer]) -> list[Optimizer]:
     # Every optimizer gets the hooks: BN parameters may join one later (a param group added during training).
     for opt in optimizers:
         treatment.attach(opt, ATTACH)
