@@ -15,7 +15,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from lightning_bninit.experiments.report import load_results, paired_report
+from lightning_bninit.experiments.report import paired_report
+from lightning_bninit.experiments.results import load_results
 
 
 def budget(path: Path, metric: str, baseline: str, treatment: str) -> dict[str, Any]:

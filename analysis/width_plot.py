@@ -19,8 +19,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from lightning_bninit.experiments.report import load_results, paired_report
-from lightning_bninit.experiments.results import Results
+from lightning_bninit.experiments.report import paired_report
+from lightning_bninit.experiments.results import Results, load_results
 
 WIDTH_ARG = "--model.width="
 

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from lightning_bninit.experiments.command import main
-from lightning_bninit.experiments.compare import BUILTIN_ARMS, ResultsFile
+from lightning_bninit.experiments.results_file import ResultsFile
+from lightning_bninit.experiments.spec import BUILTIN_ARMS
 from lightning_bninit.experiments.seeding import derive_seed
 
 from support.compare_runs import FAKE, results_lines as lines

@@ -103,7 +103,8 @@ def test_derive_seed_must_be_a_bool(make_exp, tmp_path, capsys):
 
 
 def test_end_of_compare_report(make_exp, tmp_path, capsys):
-    from lightning_bninit.experiments.report import format_markdown, load_results, paired_report
+    from lightning_bninit.experiments.report import format_markdown, paired_report
+    from lightning_bninit.experiments.results import load_results
 
     out = tmp_path / "r.jsonl"
     path = make_exp("report: {metric: test_acc}\n", "  bninit: [--fake.acc=0.95]\n")

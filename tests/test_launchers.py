@@ -198,7 +198,8 @@ def test_a_user_script_that_calls_run_compare_works_with_the_fork_launcher(tmp_p
     script = tmp_path / "my_experiment.py"
     script.write_text(
         "import sys\n"
-        "from lightning_bninit.experiments.compare import load_experiment, run_compare\n"
+        "from lightning_bninit.experiments.compare import run_compare\n"
+        "from lightning_bninit.experiments.spec import load_experiment\n"
         "print('the user script ran', flush=True)\n"
         "counts = run_compare(load_experiment(sys.argv[1]), [1, 2], ['standard', 'bninit'], sys.argv[2], parallel=2,\n"
         "                     progress=False)\n"

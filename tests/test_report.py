@@ -9,8 +9,9 @@ import pytest
 from scipy import stats
 
 from lightning_bninit.experiments.command import main
-from lightning_bninit.experiments.report import (format_markdown, load_results, paired_report, pairs_for_power,
-                                     plot_differences)
+from lightning_bninit.experiments.report import format_markdown, paired_report, plot_differences
+from lightning_bninit.experiments.results import load_results
+from lightning_bninit.experiments.stats import pairs_for_power
 
 BASE = [0.90, 0.91, 0.89, 0.92, 0.90, 0.88]
 TREAT = [0.92, 0.92, 0.90, 0.95, 0.91, 0.90]

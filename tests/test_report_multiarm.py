@@ -17,7 +17,8 @@ from support.launch import ROOT, script_env
 from lightning_bninit.experiments.command import main
 from lightning_bninit.experiments.grid_plot import arm_grid, grid_figure, run_grid
 from lightning_bninit.experiments.multiarm import default_treatment, format_multi_markdown, multi_arm_report
-from lightning_bninit.experiments.report import ReportError, load_results, paired_report
+from lightning_bninit.experiments.report import paired_report
+from lightning_bninit.experiments.results import ReportError, load_results
 
 BASE = np.array([0.80, 0.82, 0.79, 0.81, 0.83, 0.80])
 GAINS = {  # one-sided paired t-test p-values against BASE in the comments

@@ -10,7 +10,8 @@ import numpy as np
 from scipy import stats
 
 from lightning_bninit.experiments.multiarm import multi_arm_report
-from lightning_bninit.experiments.report import load_results, paired_report
+from lightning_bninit.experiments.report import paired_report
+from lightning_bninit.experiments.results import load_results
 
 # Per seed 1..8: the treatment is better by 0.01..0.03 on every seed, while the seeds themselves differ by far more,
 # so pairing by anything but the seed loses the effect.

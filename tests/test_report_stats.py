@@ -14,7 +14,8 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
 from lightning_bninit.experiments.command import main
-from lightning_bninit.experiments.report import format_markdown, load_results, paired_report
+from lightning_bninit.experiments.report import format_markdown, paired_report
+from lightning_bninit.experiments.results import load_results
 from lightning_bninit.experiments.stats import holm_adjust, paired_t_power, pairs_for_power, t_interval
 
 SM_ALTERNATIVE = {"greater": "larger", "less": "smaller", "two-sided": "two-sided"}

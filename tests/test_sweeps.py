@@ -187,7 +187,7 @@ def test_dry_run_lists_the_arms_before_the_commands(sweep, tmp_path, capsys):
 
 def test_end_of_compare_report_of_a_sweep_is_every_arm_against_the_baseline(sweep, tmp_path, capsys):
     from lightning_bninit.experiments.multiarm import format_multi_markdown, multi_arm_report
-    from lightning_bninit.experiments.report import load_results
+    from lightning_bninit.experiments.results import load_results
 
     path, _ = sweep
     path.write_text(path.read_text() + "report: {metric: test_acc}\n")

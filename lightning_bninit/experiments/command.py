@@ -85,7 +85,8 @@ def _version() -> str:
 
 def _report(args: argparse.Namespace) -> int:
     from lightning_bninit.experiments.multiarm import MultiArmReport, format_report, report_of
-    from lightning_bninit.experiments.report import load_results, plot_differences
+    from lightning_bninit.experiments.report import plot_differences
+    from lightning_bninit.experiments.results import load_results
 
     if args.resamples < 100:
         raise _UsageError(f"--resamples must be >= 100, got {args.resamples}")
@@ -200,7 +201,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _end_of_compare_report(out: str, metric: str, options: dict[str, Any]) -> None:
     """The report of ``report:`` (or ``--report-metric``), as ``bninit report`` makes it."""
     from lightning_bninit.experiments.multiarm import format_report, report_of
-    from lightning_bninit.experiments.report import ReportError, load_results
+    from lightning_bninit.experiments.results import ReportError, load_results
 
     try:
         report = report_of(load_results(out), metric, options.get("baseline", "standard"), options.get("treatment"),

@@ -22,10 +22,10 @@ from lightning_bninit import _extras
 from lightning_bninit.experiments.launchers import (LAUNCHERS, ForkLauncher, Launcher, SubprocessLauncher,
                                                     resolve_launcher)
 from lightning_bninit.experiments.results_file import ResultsFile
-from lightning_bninit.experiments.spec import BUILTIN_ARMS, Experiment, ExperimentError, load_experiment
+from lightning_bninit.experiments.spec import Experiment, ExperimentError
 from lightning_bninit.experiments.trial import plan_trial, run_trial, trial_env
 
-__all__ = ["BUILTIN_ARMS", "Experiment", "ExperimentError", "ResultsFile", "load_experiment", "run_compare"]
+__all__ = ["run_compare"]
 
 Pair = tuple[int, str]
 
@@ -53,7 +53,7 @@ def run_compare(
     """Run every missing (seed, arm) pair and append its line to ``out``.
 
     Args:
-        exp: from :func:`load_experiment`.
+        exp: from :func:`~lightning_bninit.experiments.spec.load_experiment`.
         seeds: the seeds, e.g. from :func:`~lightning_bninit.experiments.seeding.parse_seeds`.
         arms: names of arms of ``exp``.
         out: the JSONL results file (appended to; finished pairs in it are skipped).

@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from lightning_bninit.experiments.report import (RELATION, NotComparable, PairedReport, ReportError, Results,
-                                                 arm_summary, arm_table, arm_values, check_options, clean_json,
-                                                 compare_two_arms, file_notes, fmt, fmt_interval, format_markdown,
-                                                 interval_label, note_lines, paired_report)
+from lightning_bninit.experiments.report import (RELATION, NotComparable, PairedReport, arm_summary, arm_table,
+                                                 arm_values, check_options, clean_json, compare_two_arms, file_notes,
+                                                 fmt, fmt_interval, format_markdown, interval_label, note_lines,
+                                                 paired_report)
+from lightning_bninit.experiments.results import ReportError, Results
 from lightning_bninit.experiments.stats import holm_adjust
 
 __all__ = ["ArmComparison", "MultiArmReport", "default_treatment", "format_multi_markdown", "format_report",

@@ -16,13 +16,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lightning_bninit.experiments.results import RESERVED_KEYS, ReportError, Results, RunRecord, load_results
+from lightning_bninit.experiments.results import ReportError, Results, RunRecord
 from lightning_bninit.experiments.stats import bootstrap_ci, paired_t_power, pairs_for_power, t_interval
 
-__all__ = [
-    "RESERVED_KEYS", "ReportError", "NotComparable", "RunRecord", "Results", "PairedReport", "load_results",
-    "paired_report", "pairs_for_power", "format_markdown", "plot_differences",
-]
+__all__ = ["NotComparable", "PairedReport", "format_markdown", "paired_report", "plot_differences"]
 
 Alternative = Literal["greater", "less", "two-sided"]
 RELATION = {"greater": ">", "less": "<", "two-sided": "!="}
@@ -121,7 +118,7 @@ def paired_report(
     """Compare two arms run with the same seeds.
 
     Args:
-        results: loaded with :func:`load_results`.
+        results: loaded with :func:`~lightning_bninit.experiments.results.load_results`.
         metric: the metric to compare, e.g. ``"test_acc"``.
         baseline: the reference arm.
         treatment: the arm expected to be better.
