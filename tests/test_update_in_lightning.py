@@ -25,6 +25,7 @@ from torch import nn
 from support.helpers import (
     Classifier, assert_same_params, dataset, loader, plain_loop, reference_fit, tiny_net, trainer,
 )
+from support.loops import PlainSGD
 from lightning_bninit import BNInit, attach, bn_param_groups
 
 LR, WD, INIT, C = 0.05, 1e-2, 0.1, 100.0
@@ -416,20 +417,8 @@ def test_a_step_that_never_calls_its_closure_raises() -> None:
 
 # --- 5. optimizers that keep state in their param groups -----------------------------------------------------------
 
-class CountingSGD(torch.optim.Optimizer):
+class CountingSGD(PlainSGD):
     """Keeps a step counter in each param group and decays its learning rate with it: lr / sqrt(step)."""
-
-    def __init__(self, params: Any, lr: float, weight_decay: float = 0.0) -> None:
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
-
-    def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        with torch.no_grad():
-            self._update()
-        return loss
 
     def _update(self) -> None:
         for group in self.param_groups:

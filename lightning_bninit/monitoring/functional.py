@@ -179,13 +179,6 @@ def param_row(bn: _BatchNorm, init: Mapping[str, torch.Tensor] | None, device: t
     return param_stats(bn.weight, bn.bias, init["scale"], init["shift"]).to(device)
 
 
-def compute(
-    labels: Sequence[str],
-    values: Sequence[Sequence[float]],
-    *,
-    full: bool = False,
-    bound_ratio: float = DEFAULT_BOUND_RATIO,
-    scale_collapse: float = DEFAULT_SCALE_COLLAPSE,
-) -> dict[str, float]:
-    """The logged keys from the host copy of :func:`update` (:func:`~lightning_bninit.monitoring.stats.to_metrics`)."""
-    return to_metrics(labels, values, full=full, bound_ratio=bound_ratio, scale_collapse=scale_collapse)
+#: The last functional step: the logged keys from the host copy of :func:`update` (the one definition is
+#: :func:`~lightning_bninit.monitoring.stats.to_metrics`).
+compute = to_metrics

@@ -148,11 +148,14 @@ class PlainSGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         with torch.no_grad():
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        p.add_(p.grad + group["weight_decay"] * p, alpha=-group["lr"])
+            self._update()
         return loss
+
+    def _update(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad + group["weight_decay"] * p, alpha=-group["lr"])
 
 
 def assert_same_params(a: nn.Module, b: nn.Module, rtol: float = 0.0, atol: float = 0.0) -> None:
