@@ -31,15 +31,20 @@ def budget(path: Path, metric: str, baseline: str, treatment: str) -> dict[str, 
             "p_one_sided": one.p_value_ttest}
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def comparison_args(description: str, argv: list[str] | None) -> argparse.Namespace:
+    """The command line shared by the figures of one paired comparison per results file (budget, width)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("results", nargs="+", type=Path)
     ap.add_argument("--metric", default="test_acc")
     ap.add_argument("--baseline", default="standard")
     ap.add_argument("--treatment", default="bninit")
     ap.add_argument("--png", type=Path, required=True)
     ap.add_argument("--md", type=Path, required=True)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = comparison_args(__doc__.splitlines()[0], argv)
     rows = sorted((budget(p, args.metric, args.baseline, args.treatment) for p in args.results),
                   key=lambda r: r["steps"])
     lines = [f"| budget | steps | pairs | {args.baseline} | {args.treatment} | difference | 95% CI (two-sided t) "

@@ -168,20 +168,34 @@ def figure(records: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def extract_or_plot(description: str, inputs: list[str], extract_fn: Any,
+                    argv: list[str] | None, **plot_options: Any) -> argparse.Namespace | None:
+    """The command line of a runs-to-JSONL-to-figure script: ``extract RUNS --results R --out J`` runs
+    ``extract_fn`` and returns ``None``; ``plot INPUTS... --png P --md M`` (and ``plot_options``, name to default)
+    returns the parsed arguments."""
+    ap = argparse.ArgumentParser(description=description)
     sub = ap.add_subparsers(dest="cmd", required=True)
     ex = sub.add_parser("extract")
     ex.add_argument("runs_dir", type=Path)
     ex.add_argument("--results", type=Path, required=True)
     ex.add_argument("--out", type=Path, required=True)
     pl = sub.add_parser("plot")
-    pl.add_argument("records", type=Path)
+    for name in inputs:
+        pl.add_argument(name, type=Path)
+    for name, default in plot_options.items():
+        pl.add_argument(f"--{name}", default=default)
     pl.add_argument("--png", type=Path, required=True)
     pl.add_argument("--md", type=Path, required=True)
     args = ap.parse_args(argv)
     if args.cmd == "extract":
-        print(f"{extract(args.runs_dir, args.results, args.out)} lines -> {args.out}")
+        print(f"{extract_fn(args.runs_dir, args.results, args.out)} lines -> {args.out}")
+        return None
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = extract_or_plot(__doc__.splitlines()[0], ["records"], extract, argv)
+    if args is None:
         return
     records = [json.loads(line) for line in args.records.read_text().splitlines()]
     figure(records, args.png)

@@ -16,7 +16,6 @@ peak-|x̂| / sqrt(m − 1) over all BN layers (``bn/all/xhat_bound_ratio``).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import statistics
@@ -24,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from observations import INPUT_BN, _columns, _init_scale
+from observations import INPUT_BN, _columns, _init_scale, extract_or_plot
 
 BOUND_KEY = "bn/all/xhat_bound_ratio"
 
@@ -142,21 +141,8 @@ def figure(curve_lines: list[dict[str, Any]], layers: list[dict[str, Any]], arms
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    ex = sub.add_parser("extract")
-    ex.add_argument("runs_dir", type=Path)
-    ex.add_argument("--results", type=Path, required=True)
-    ex.add_argument("--out", type=Path, required=True)
-    pl = sub.add_parser("plot")
-    pl.add_argument("curves", type=Path)
-    pl.add_argument("layers", type=Path)
-    pl.add_argument("--arms", default="standard,bninit")
-    pl.add_argument("--png", type=Path, required=True)
-    pl.add_argument("--md", type=Path, required=True)
-    args = ap.parse_args(argv)
-    if args.cmd == "extract":
-        print(f"{extract(args.runs_dir, args.results, args.out)} lines -> {args.out}")
+    args = extract_or_plot(__doc__.splitlines()[0], ["curves", "layers"], extract, argv, arms="standard,bninit")
+    if args is None:
         return
     arms = args.arms.split(",")
     curve_lines = [json.loads(x) for x in args.curves.read_text().splitlines()]

@@ -14,10 +14,11 @@ is the last epoch's mean training loss (``fit_metrics.train_loss_epoch`` of each
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from pathlib import Path
 from typing import Any
+
+from budget_plot import comparison_args
 
 from lightning_bninit.experiments.report import paired_report
 from lightning_bninit.experiments.results import Results, load_results
@@ -99,14 +100,7 @@ def figure(rows: list[dict[str, Any]], path: Path, metric: str, baseline: str, t
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("results", nargs="+", type=Path)
-    ap.add_argument("--metric", default="test_acc")
-    ap.add_argument("--baseline", default="standard")
-    ap.add_argument("--treatment", default="bninit")
-    ap.add_argument("--png", type=Path, required=True)
-    ap.add_argument("--md", type=Path, required=True)
-    args = ap.parse_args(argv)
+    args = comparison_args(__doc__.splitlines()[0], argv)
     rows = sorted((width_row(p, args.metric, args.baseline, args.treatment) for p in args.results),
                   key=lambda r: r["width"])
     args.md.write_text(markdown(rows, args.baseline, args.treatment))
