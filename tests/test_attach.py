@@ -307,6 +307,17 @@ def test_lazy_bn_loaded_from_a_checkpoint_keeps_the_loaded_values() -> None:
     assert torch.equal(lazy.weight, trained.weight)
 
 
+def test_input_norm_of_a_float64_model_starts_at_the_float64_scale() -> None:
+    # The scale is filled in the model's dtype, not filled in float32 and cast: float32(γ₀ · 0.58) differs from
+    # γ₀ · 0.58 in float64 (0.058 has no exact binary form), so the comparison is for equality.
+    net = tiny_net().double()
+    norm = attach_input_norm(net, 3, INIT)
+    expected = torch.full((3,), INIT * RELU_STD, dtype=torch.float64)
+    assert torch.float32 != torch.float64 and not torch.equal(expected.float().double(), expected)
+    assert torch.equal(norm.weight, expected) and norm.running_var.dtype == torch.float64
+    assert torch.equal(norm.bias, torch.zeros(3, dtype=torch.float64)) and not norm.bias.requires_grad
+
+
 def test_input_norm_channels_from_the_first_conv_or_the_setting() -> None:
     net = tiny_net()
     attach(net, torch.optim.SGD(net.parameters(), lr=LR), input_norm=True)

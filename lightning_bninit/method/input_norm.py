@@ -59,14 +59,13 @@ def attach_input_norm(module: nn.Module, num_channels: int, init_scale: float) -
     existing = find_input_norm(module)
     if existing is not None:
         return existing
-    norm = InputNorm(num_channels)
+    # Built in the module's device and float dtype, then filled: a checkpoint loaded into a float32 layer of a float64
+    # model would be rounded, and so would a scale filled in float32 and cast (float32(γ₀ · 0.58) ≠ γ₀ · 0.58).
+    reference = next((p for p in module.parameters() if p.is_floating_point()), None)
+    factory = {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
+    norm = InputNorm(num_channels, **factory)
     reset_bn_(norm, init_scale * RELU_STD)
     norm.bias.requires_grad_(False)
-    # Match the module's device and float dtype: a checkpoint loaded into a float32 layer of a float64 model (before
-    # Lightning converts precision) would be rounded.
-    reference = next((p for p in module.parameters() if p.is_floating_point()), None)
-    if reference is not None:
-        norm.to(device=reference.device, dtype=reference.dtype)
     module.add_module(ATTRIBUTE, norm)
     module.register_forward_pre_hook(_normalize_first_arg, with_kwargs=True)
     return norm
