@@ -258,12 +258,38 @@ def test_arms_option_reports_one_question_of_a_shared_file(tmp_path: Path, capsy
     assert two["treatment"] == "good" and two["n_pairs"] == len(BASE) and set(two["arms"]) == {"standard", "good"}
 
 
-@pytest.mark.parametrize(("arms", "message"), [
-    ("standard,nope", "arm(s) ['nope'] have no line"),
-    ("good,bad", "leaves out the baseline 'standard'"),
-    ("standard,,good", "empty arm name"),
+def test_seeds_option_reports_those_pairs_only(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = arms_file(tmp_path)  # seeds 1-6
+    assert main(["report", str(path), "--metric", "test_acc", "--arms", "standard,marginal", "--treatment",
+                 "marginal", "--seeds", "2-4", "--json", "--resamples", "200"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    base = BASE[1:4]
+    treated = np.array([float(b + g) for b, g in zip(base, GAINS["marginal"][1:4])])  # as the file holds them
+    assert rep["n_pairs"] == 3 and rep["mean_diff"] == pytest.approx((treated - base).mean())
+    assert rep["p_value_ttest"] == pytest.approx(stats.ttest_rel(treated, base, alternative="greater").pvalue)
+    # the whole file's pairs give another answer, so the option did restrict them
+    assert main(["report", str(path), "--metric", "test_acc", "--treatment", "marginal", "--json",
+                 "--resamples", "200"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_pairs"] == len(BASE)
+    # the Python API is the same restriction, and a failed line goes with its seed
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"seed": 3, "arm": "good", "error": "fit failed"}) + "\n")
+    kept = load_results(path).only(arms=["standard", "good"], seeds=[1, 6])
+    assert sorted((r.arm, r.seed) for r in kept.runs) == [("good", 1), ("good", 6), ("standard", 1), ("standard", 6)]
+    assert kept.failed == [] and [(r.arm, r.seed) for r in load_results(path).only(seeds=[3]).failed] == [("good", 3)]
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--arms", "standard,nope", "arm(s) ['nope'] have no line"),
+    ("--arms", "good,bad", "leaves out the baseline 'standard'"),
+    ("--arms", "standard,,good", "empty arm name"),
+    ("--seeds", "5-9", "--seeds: seed(s) [7, 8, 9] have no line"),  # and it names the file's seeds
+    ("--seeds", "4-2", "--seeds: invalid"),
+    ("--seeds", "x", "--seeds: invalid"),
 ])
-def test_arms_option_bad_values(tmp_path: Path, capsys: pytest.CaptureFixture, arms: str, message: str) -> None:
+def test_arms_and_seeds_options_bad_values(tmp_path: Path, capsys: pytest.CaptureFixture, option: str, value: str,
+                                           message: str) -> None:
     path = arms_file(tmp_path)
-    assert main(["report", str(path), "--metric", "test_acc", "--arms", arms]) == 2
-    assert message in capsys.readouterr().err
+    assert main(["report", str(path), "--metric", "test_acc", option, value]) == 2
+    err = capsys.readouterr().err
+    assert message in err and ("its seeds: 1-6" in err) == ("have no line" in message and option == "--seeds")

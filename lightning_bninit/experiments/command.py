@@ -64,6 +64,9 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--arms", metavar="A,B,...",
                      help="report only these arms of the file (the baseline among them), e.g. one question of a file "
                           "that several `bninit compare --arms` calls wrote; default: every arm")
+    rep.add_argument("--seeds", metavar="SEEDS",
+                     help="report only these seeds, e.g. 101-104 or 1,3,5 (pairs are still matched by seed); "
+                          "default: every seed")
     rep.add_argument("--alternative", choices=["greater", "less", "two-sided"], default="greater",
                      help="H1 for treatment vs baseline: greater (default, higher is better), less (e.g. a loss)")
     rep.add_argument("--alpha", type=float, default=0.05,
@@ -91,8 +94,8 @@ def _report(args: argparse.Namespace) -> int:
     if args.resamples < 100:
         raise _UsageError(f"--resamples must be >= 100, got {args.resamples}")
     results = load_results(args.results, skip_bad_lines=args.skip_bad_lines)
-    if args.arms is not None:
-        results = _only_arms(results, args.arms, args.baseline)
+    if args.arms is not None or args.seeds is not None:
+        results = _only(results, args.arms, args.seeds, args.baseline)
     report = report_of(results, args.metric, args.baseline, args.treatment, alternative=args.alternative,
                        alpha=args.alpha, n_resamples=args.resamples)
     plot_notes: list[str] | None = None
@@ -106,16 +109,25 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _only_arms(results: Any, arms_text: str, baseline: str) -> Any:
-    arms = [a.strip() for a in arms_text.split(",")]
-    if any(not a for a in arms):
-        raise _UsageError(f"--arms: empty arm name in {arms_text!r}")
-    if baseline not in arms:
-        raise _UsageError(f"--arms {arms_text!r} leaves out the baseline '{baseline}'; add it, or pass --baseline")
-    try:
-        return results.only(arms)
-    except ValueError as err:
-        raise _UsageError(f"--arms: {err}") from None
+def _only(results: Any, arms_text: str | None, seeds_text: str | None, baseline: str) -> Any:
+    from lightning_bninit.experiments.seeding import parse_seeds
+
+    if arms_text is not None:
+        arms = [a.strip() for a in arms_text.split(",")]
+        if any(not a for a in arms):
+            raise _UsageError(f"--arms: empty arm name in {arms_text!r}")
+        if baseline not in arms:
+            raise _UsageError(f"--arms {arms_text!r} leaves out the baseline '{baseline}'; add it, or pass --baseline")
+        try:
+            results = results.only(arms=arms)
+        except ValueError as err:
+            raise _UsageError(f"--arms: {err}") from None
+    if seeds_text is not None:
+        try:
+            results = results.only(seeds=parse_seeds(seeds_text))
+        except ValueError as err:
+            raise _UsageError(f"--seeds: {err}") from None
+    return results
 
 
 def _print_report(args: argparse.Namespace, payload: dict[str, Any], markdown: str,

@@ -59,19 +59,38 @@ class Results:
         """Arm names of every usable line, finished or failed, in order of first appearance."""
         return list(dict.fromkeys(r.arm for r in sorted(self.runs + self.failed, key=lambda r: r.line)))
 
-    def only(self, arms: list[str]) -> Results:
-        """The same file restricted to ``arms`` (finished and failed lines alike), e.g. one question of a file that
-        several ``bninit compare --arms ...`` calls wrote.
+    def only(self, arms: list[str] | None = None, seeds: list[int] | None = None) -> Results:
+        """The same file restricted to ``arms`` and/or ``seeds`` (finished and failed lines alike; ``None`` keeps
+        all), e.g. one question of a file that several ``bninit compare --arms ... --seeds ...`` calls wrote.
 
         Raises:
-            ValueError: an arm that has no line in the file (the message names it and the file's arms).
+            ValueError: an arm, or a seed, that has no line in the file (the message names it and what the file has).
         """
-        unknown = [arm for arm in arms if arm not in self.all_arms]
-        if unknown:
-            raise ValueError(f"arm(s) {unknown} have no line in {self.path}; its arms: {', '.join(self.all_arms)}")
-        keep = set(arms)
-        return Results(path=self.path, runs=[r for r in self.runs if r.arm in keep],
-                       failed=[r for r in self.failed if r.arm in keep], bad_lines=list(self.bad_lines))
+        runs, failed = list(self.runs), list(self.failed)
+        if arms is not None:
+            unknown = [arm for arm in arms if arm not in self.all_arms]
+            if unknown:
+                raise ValueError(f"arm(s) {unknown} have no line in {self.path}; its arms: {', '.join(self.all_arms)}")
+            runs, failed = [r for r in runs if r.arm in arms], [r for r in failed if r.arm in arms]
+        if seeds is not None:
+            present = sorted({r.seed for r in runs + failed})
+            missing = [seed for seed in seeds if seed not in present]
+            if missing:
+                raise ValueError(f"seed(s) {missing} have no line in {self.path} (of the arms kept); its seeds: "
+                                 f"{_seed_ranges(present)}")
+            runs, failed = [r for r in runs if r.seed in seeds], [r for r in failed if r.seed in seeds]
+        return Results(path=self.path, runs=runs, failed=failed, bad_lines=list(self.bad_lines))
+
+
+def _seed_ranges(seeds: list[int]) -> str:
+    """``[1, 2, 3, 7]`` as ``1-3,7`` (the form ``--seeds`` takes)."""
+    parts: list[str] = []
+    for seed in seeds:
+        if parts and seed == int(parts[-1].split("-")[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{seed}"
+        else:
+            parts.append(str(seed))
+    return ",".join(parts) or "none"
 
 
 def _parse_line(lineno: int, raw: bytes, last: bool) -> RunRecord:
