@@ -83,14 +83,14 @@ class Results:
 
 
 def _seed_ranges(seeds: list[int]) -> str:
-    """``[1, 2, 3, 7]`` as ``1-3,7`` (the form ``--seeds`` takes)."""
-    parts: list[str] = []
+    """Ascending ``[1, 2, 3, 7]`` as ``1-3,7`` (the form ``--seeds`` takes)."""
+    runs: list[list[int]] = []
     for seed in seeds:
-        if parts and seed == int(parts[-1].split("-")[-1]) + 1:
-            parts[-1] = f"{parts[-1].split('-')[0]}-{seed}"
+        if runs and seed == runs[-1][1] + 1:
+            runs[-1][1] = seed
         else:
-            parts.append(str(seed))
-    return ",".join(parts) or "none"
+            runs.append([seed, seed])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs) or "none"
 
 
 def _parse_line(lineno: int, raw: bytes, last: bool) -> RunRecord:
