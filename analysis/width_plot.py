@@ -78,7 +78,7 @@ def figure(rows: list[dict[str, Any]], path: Path, metric: str, baseline: str, t
                      label=f"{treatment} − {baseline} (95% CI)")
     for r in rows:
         axes[0].annotate(f"n={r['n_pairs']}, p={r['p_one_sided']:.2g}", (r["width"], r["mean_diff"]),
-                         textcoords="offset points", xytext=(6, 6), fontsize=8)
+                         textcoords="offset points", xytext=(8, -3), fontsize=8)
     axes[0].axhline(0, color="black", lw=0.8)
     axes[0].set_ylabel(f"paired difference in {metric}")
     for arm, key in ((baseline, "baseline"), (treatment, "treatment")):
@@ -90,13 +90,13 @@ def figure(rows: list[dict[str, Any]], path: Path, metric: str, baseline: str, t
     titles = ("Gap vs width", f"{metric} per arm", "final training loss per arm")
     for ax, title in zip(axes, titles):
         ax.set_xticks(xs)
-        ax.set_xlabel("width W (conv widths W, 2W, 4W, 4W, 8W × 4)")
+        ax.set_xlabel("width W (convs W, 2W, 4W, 4W, 8W × 4)")
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
         ax.margins(x=0.15)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
 
 
 def main(argv: list[str] | None = None) -> None:
