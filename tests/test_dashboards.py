@@ -9,7 +9,6 @@ import csv
 import math
 import os
 import warnings
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,12 +17,12 @@ from lightning.pytorch import Callback
 from support import wandb_reader
 from support.recording import RecordingLogger
 from support.helpers import Classifier, dataset, loader, tiny_net, trainer
+from support.launch import load_script
 from torch import nn
 
 from lightning_bninit import BNInit, BNMonitor, bn_statistics
 from lightning_bninit.monitoring.stats import COMPACT_STATS, STATS, layer_labels
 
-ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["00_net_1", "01_net_4", "02_net_9"]  # tiny_net's BN layers net.1, net.4, net.9, in network order
 
 
@@ -81,11 +80,7 @@ def test_compact_default_is_about_three_keys_a_layer_and_full_logs_every_statist
         assert {"bn/all/scale_min", "bn/all/scale_drift_rel", "bn/all/xhat_bound_ratio",
                 "bn/all/layers_near_bound", "bn/all/layers_collapsed"} <= header
     # analysis/observations.py reads the full set back, layers in network order, m as recorded
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("observations", ROOT / "analysis" / "observations.py")
-    observations = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(observations)
+    observations = load_script("analysis/observations.py")
     with open(os.path.join(log.log_dir, "metrics.csv")) as f:
         rows = list(csv.DictReader(f))
     columns = observations._columns(list(rows[0]))

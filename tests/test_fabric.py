@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from lightning.fabric import Fabric
 from torch import nn
 
 from support.helpers import assert_same_params, dataset, loader, tiny_net
-from support.launch import ROOT, run_script
+from support.launch import ROOT, load_script, run_script
 from lightning_bninit import attach, bn_param_groups, init_bn_
 
 # C a power of two: the scales' lr is the same double with the split, (lr * r) / c, and in the three groups,
@@ -141,9 +140,7 @@ def test_ddp_two_cpu_processes_keep_ranks_identical(tmp_path: Path) -> None:
 
 def test_fabric_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("sklearn")
-    spec = importlib.util.spec_from_file_location("fabric_train", ROOT / "examples" / "fabric" / "train.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_script("examples/fabric/train.py")
     example.main(["--epochs", "1", "--log-every", "5", "--out", str(tmp_path)])
     with open(tmp_path / "fabric_digits" / "version_0" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -160,9 +157,7 @@ def test_fabric_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
 
 
 def test_fabric_example_default_budget_and_what_it_prints() -> None:
-    spec = importlib.util.spec_from_file_location("fabric_train", ROOT / "examples" / "fabric" / "train.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_script("examples/fabric/train.py")
     base = (ROOT / "examples" / "digits" / "base.yaml").read_text()
     assert f"max_epochs: {example.DEFAULT_EPOCHS}" in base  # the quickstart's chosen budget, not a second number
     args = example.parse([])

@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from support.launch import ROOT, load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 WIDTH = ROOT / "docs" / "results" / "vgg_width"
 
 
-def _width_plot() -> ModuleType:
-    sys.path.insert(0, str(ROOT / "analysis"))  # width_plot imports its sibling budget_plot
-    try:
-        spec = importlib.util.spec_from_file_location("width_plot", ROOT / "analysis" / "width_plot.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "analysis"))
-    return module
+@pytest.fixture(scope="module")
+def width_plot() -> ModuleType:
+    return load_script("analysis/width_plot.py")
 
 
-def test_gap_vs_width_table_is_made_from_the_committed_results(tmp_path: Path) -> None:
+def test_gap_vs_width_table_is_made_from_the_committed_results(width_plot: ModuleType, tmp_path: Path) -> None:
     """Regenerating gap_vs_width.md from w16/w24/w32.jsonl gives the committed file, byte for byte (the table prints
     4 decimals of statistics of at most 12 float64 pairs, far coarser than any rounding difference between CPUs)."""
-    width_plot = _width_plot()
     files = [WIDTH / f"w{w}.jsonl" for w in (16, 24, 32)]
     out = tmp_path / "gap.md"
     width_plot.main([*map(str, files), "--png", str(tmp_path / "gap.png"), "--md", str(out)])
@@ -36,8 +27,7 @@ def test_gap_vs_width_table_is_made_from_the_committed_results(tmp_path: Path) -
     assert (tmp_path / "gap.png").stat().st_size > 0
 
 
-def test_width_of_rejects_a_file_of_mixed_widths(tmp_path: Path) -> None:
-    width_plot = _width_plot()
+def test_width_of_rejects_a_file_of_mixed_widths(width_plot: ModuleType, tmp_path: Path) -> None:
     lines = (WIDTH / "w16.jsonl").read_text().splitlines()[:2]
     mixed = [json.loads(line) for line in lines]
     mixed[1]["config"]["args"] = [a if not a.startswith("--model.width=") else "--model.width=24"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 SUPPORT = Path(__file__).resolve().parent
 ROOT = SUPPORT.parents[1]
@@ -30,3 +32,17 @@ def run_script(script: str | Path, *args: str, cwd: str | Path | None = None, ti
                           timeout=timeout, cwd=cwd, env=env or script_env())
     assert proc.returncode == 0, f"{path.name} exited with {proc.returncode}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
     return proc
+
+
+def load_script(relative: str) -> ModuleType:
+    """Import the script at ``ROOT / relative`` (an example or analysis script, not a package module) by its path,
+    with its own folder on ``sys.path`` while it loads, as ``python <script>`` would have it (for its siblings)."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
